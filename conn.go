@@ -1,0 +1,430 @@
+package pgbaton
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// parkDelay is how long a lock connection stays unwatched after its last
+// statement before its watcher parks on the socket. Back-to-back operations
+// never pay to interrupt a park; an idle connection is read within this delay.
+const parkDelay = 5 * time.Millisecond
+
+// lockConn is one dedicated lock session. It is never returned to any pool:
+// it lives until it fails or the Locker closes, and then it is closed, which
+// frees every lock on it.
+//
+// Fields marked (l.mu) are guarded by the Locker's mutex; c.mu serialises use
+// of pg. Lock order: c.mu before l.mu.
+type lockConn struct {
+	l    *Locker
+	pg   *pgconn.PgConn
+	pid  uint32
+	name string // application_name
+
+	mu       sync.Mutex // held while using pg
+	prepared [nStmtKinds][2][3]bool
+
+	leases   map[*Lease]struct{} // (l.mu)
+	waiting  bool                // (l.mu) in a blocking wait; not selectable
+	inflight int                 // (l.mu) operations picked for this conn
+	dead     bool                // (l.mu)
+
+	parkMu     sync.Mutex
+	parkCancel context.CancelFunc
+	wanters    atomic.Int32
+
+	lastConfirmed atomic.Int64 // unix nanos at which the last confirmed round trip was sent
+	lastUse       atomic.Int64 // unix nanos
+	closed        chan struct{}
+	failOnce      sync.Once
+	cause         error // set once failed, before closed is closed
+}
+
+func (l *Locker) dial(ctx context.Context, seq int64) (*lockConn, error) {
+	cfg := l.connCfg.Copy()
+	name := fmt.Sprintf("pgbaton:%s:%d", l.cfg.InstanceName, seq)
+	cfg.RuntimeParams["application_name"] = name
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.ConnectTimeout)
+	defer cancel()
+	pg, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConnect, err)
+	}
+	c := &lockConn{l: l, pg: pg, pid: pg.PID(), name: name, leases: map[*Lease]struct{}{}, closed: make(chan struct{})}
+	if err := c.setup(ctx); err != nil {
+		closeCtx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		_ = pg.Close(closeCtx) // the setup error is what the caller needs
+		return nil, err
+	}
+	now := time.Now().UnixNano()
+	c.lastConfirmed.Store(now)
+	c.lastUse.Store(now)
+	return c, nil
+}
+
+// setup refuses poolers and standbys, then pins the session settings that
+// could otherwise end a lock session behind the holder's back.
+func (c *lockConn) setup(ctx context.Context) error {
+	if c.pg.ParameterStatus("in_hot_standby") == "on" {
+		return ErrHotStandby
+	}
+	res := c.pg.ExecParams(ctx, "SELECT pg_backend_pid()::int8, pg_is_in_recovery()", nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return fmt.Errorf("%w: checking the server: %w", ErrConnect, res.Err)
+	}
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 2 {
+		return fmt.Errorf("%w: unexpected answer to the server check", ErrConnect)
+	}
+	pid, _ := strconv.ParseUint(string(res.Rows[0][0]), 10, 32)
+	if string(res.Rows[0][1]) == "t" {
+		return ErrHotStandby
+	}
+	if uint32(pid) != c.pg.PID() {
+		if !c.l.cfg.AllowPooler {
+			return fmt.Errorf("%w (the protocol reported backend pid %d, the server says %d; point ConnString at PostgreSQL itself, not at the pooler)", ErrPoolerDetected, c.pg.PID(), pid)
+		}
+		c.pid = uint32(pid)
+	}
+	cfg := c.l.cfg
+	set := []string{
+		"SET statement_timeout = 0",
+		"SET lock_timeout = 0",
+		"SET idle_in_transaction_session_timeout = 0",
+		fmt.Sprintf("SET tcp_keepalives_idle = %d", int(cfg.KeepaliveIdle.Seconds()+0.999)),
+		fmt.Sprintf("SET tcp_keepalives_interval = %d", int(cfg.KeepaliveInterval.Seconds()+0.999)),
+		fmt.Sprintf("SET tcp_keepalives_count = %d", cfg.KeepaliveCount),
+		fmt.Sprintf("SET tcp_user_timeout = %d", cfg.TCPUserTimeout.Milliseconds()),
+	}
+	if v, _ := strconv.Atoi(c.pg.ParameterStatus("server_version_num")); v == 0 || v >= 140000 || serverMajor(c.pg.ParameterStatus("server_version")) >= 14 {
+		set = append(set,
+			"SET idle_session_timeout = 0",
+			fmt.Sprintf("SET client_connection_check_interval = %d", cfg.ClientConnectionCheckInterval.Milliseconds()))
+	}
+	if _, err := c.pg.Exec(ctx, strings.Join(set, "; ")).ReadAll(); err != nil {
+		return fmt.Errorf("%w: pinning session settings: %w", ErrConnect, err)
+	}
+	return nil
+}
+
+func serverMajor(v string) int {
+	n, _ := strconv.Atoi(strings.SplitN(v, ".", 2)[0])
+	return n
+}
+
+// interruptPark wakes the watcher out of its socket read so that a caller can
+// take c.mu. Callers must have incremented c.wanters first.
+func (c *lockConn) interruptPark() {
+	c.parkMu.Lock()
+	if c.parkCancel != nil {
+		c.parkCancel()
+	}
+	c.parkMu.Unlock()
+}
+
+func (c *lockConn) lock() {
+	c.lastUse.Store(time.Now().UnixNano())
+	c.wanters.Add(1)
+	c.interruptPark()
+	c.mu.Lock()
+	c.wanters.Add(-1)
+}
+
+func (c *lockConn) unlock() {
+	c.lastUse.Store(time.Now().UnixNano())
+	c.mu.Unlock()
+}
+
+func (c *lockConn) confirm(sent time.Time) {
+	s := sent.UnixNano()
+	for {
+		old := c.lastConfirmed.Load()
+		if s <= old || c.lastConfirmed.CompareAndSwap(old, s) {
+			return
+		}
+	}
+}
+
+// bound is the deadline of the lease bound: the last confirmed round trip's
+// send time plus LeaseTimeout.
+func (c *lockConn) bound() time.Time {
+	return time.Unix(0, c.lastConfirmed.Load()).Add(c.l.cfg.LeaseTimeout)
+}
+
+// errConnFailed is returned by operations on a connection that already failed.
+func (c *lockConn) failedErr() error {
+	select {
+	case <-c.closed:
+		return &connLostError{Conn: c.name, PID: c.pid, Cause: c.cause}
+	default:
+		return nil
+	}
+}
+
+// do runs fn on the connection with c.mu held, under deadline. A round trip
+// the server answered (even with an error) confirms the connection; a
+// network error or timeout fails the connection and every lease on it.
+func (c *lockConn) do(deadline time.Time, fn func(ctx context.Context) error) error {
+	c.lock()
+	defer c.unlock()
+	if err := c.failedErr(); err != nil {
+		return err
+	}
+	sent := time.Now()
+	if c.hasLeases() && sent.After(c.bound()) {
+		c.failLocked(ErrHeartbeatTimeout)
+		return c.failedErr()
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	err := fn(ctx)
+	cancel()
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil || (errors.As(err, &pgErr) && !c.pg.IsClosed()):
+		c.confirm(sent)
+	case c.pg.IsClosed() || pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded):
+		cause := err
+		if pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) {
+			cause = fmt.Errorf("%w: %w", ErrHeartbeatTimeout, err)
+		}
+		c.failLocked(cause)
+		return c.failedErr()
+	}
+	return err
+}
+
+func (c *lockConn) hasLeases() bool {
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	return len(c.leases) > 0
+}
+
+// prepare makes sure statement s exists on the session. c.mu must be held.
+func (c *lockConn) prepare(ctx context.Context, s stmtID) error {
+	if c.prepared[s.kind][s.mode][s.space] {
+		return nil
+	}
+	if _, err := c.pg.Prepare(ctx, s.name(), s.sql(), nil); err != nil {
+		return err
+	}
+	c.prepared[s.kind][s.mode][s.space] = true
+	return nil
+}
+
+// tryLock runs pg_try_advisory_lock[_shared] in one round trip.
+func (c *lockConn) tryLock(k Key, mode Mode) (bool, error) {
+	var ok bool
+	deadline := time.Now().Add(c.l.cfg.LeaseTimeout)
+	if b := c.bound(); c.hasLeases() && b.Before(deadline) {
+		deadline = b
+	}
+	err := c.do(deadline, func(ctx context.Context) error {
+		s := stmtID{stmtTry, mode, k.space}
+		if err := c.prepare(ctx, s); err != nil {
+			return err
+		}
+		params := keyParams(k)
+		res := c.pg.ExecPrepared(ctx, s.name(), params, fmtBinary[:len(params)], fmtBinary1).Read()
+		if res.Err != nil {
+			return res.Err
+		}
+		ok = len(res.Rows) == 1 && len(res.Rows[0][0]) == 1 && res.Rows[0][0][0] == 1
+		return nil
+	})
+	return ok, err
+}
+
+// unlock runs the guarded pg_advisory_unlock[_shared]. It reports whether the
+// server still held the lock.
+func (c *lockConn) unlockKey(k Key, mode Mode) (bool, error) {
+	var ok bool
+	deadline := time.Now().Add(c.l.cfg.ReleaseTimeout)
+	if b := c.bound(); b.Before(deadline) {
+		deadline = b
+	}
+	err := c.do(deadline, func(ctx context.Context) error {
+		s := stmtID{stmtUnlock, mode, k.space}
+		if err := c.prepare(ctx, s); err != nil {
+			return err
+		}
+		params := append([][]byte{be32(c.pid)}, keyParams(k)...)
+		res := c.pg.ExecPrepared(ctx, s.name(), params, fmtBinary[:len(params)], fmtBinary1).Read()
+		if res.Err != nil {
+			return res.Err
+		}
+		ok = len(res.Rows) == 1 && len(res.Rows[0][0]) == 1 && res.Rows[0][0][0] == 1
+		return nil
+	})
+	return ok, err
+}
+
+// waitLock blocks in the server's FIFO lock queue for at most wait
+// (lock_timeout, set for this statement only). The connection holds no
+// leases while it waits. If ctx is cancelled first, a cancel request ends the
+// wait with 57014 and the connection survives.
+func (c *lockConn) waitLock(ctx context.Context, k Key, mode Mode, wait time.Duration) error {
+	deadline := time.Now().Add(wait + c.l.cfg.LeaseTimeout)
+	return c.do(deadline, func(opCtx context.Context) error {
+		s := stmtID{stmtWait, mode, k.space}
+		if err := c.prepare(opCtx, s); err != nil {
+			return err
+		}
+		cancelled := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() {
+			defer close(cancelled)
+			cctx, cancel := context.WithTimeout(context.Background(), c.l.cfg.ConnectTimeout)
+			defer cancel()
+			_ = c.pg.CancelRequest(cctx) // if it is lost, lock_timeout still ends the wait
+		})
+		params := append([][]byte{[]byte(pgMillis(wait))}, keyParams(k)...)
+		res := c.pg.ExecPrepared(opCtx, s.name(), params, fmtWait[:len(params)], nil).Read()
+		if !stop() {
+			// A cancel request was sent. Make sure it cannot hit a later
+			// statement: the server ignores a cancel that arrives while
+			// idle, and a probe absorbs one that arrives late.
+			<-cancelled
+			for range 2 {
+				probe := c.pg.Exec(opCtx, "SELECT 1")
+				if _, err := probe.ReadAll(); !isCode(err, "57014") {
+					break
+				}
+			}
+		}
+		return res.Err
+	})
+}
+
+// heartbeat proves the connection alive, within the lease bound.
+func (c *lockConn) heartbeatLocked() error {
+	sent := time.Now()
+	deadline := c.bound()
+	if !c.hasLeasesOrWaiting() {
+		deadline = sent.Add(c.l.cfg.LeaseTimeout)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	_, err := c.pg.Exec(ctx, "SELECT 1").ReadAll()
+	if err != nil {
+		if pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%w: %w", ErrHeartbeatTimeout, err)
+		}
+		return err
+	}
+	c.confirm(sent)
+	return nil
+}
+
+func (c *lockConn) hasLeasesOrWaiting() bool {
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	return len(c.leases) > 0 || c.waiting
+}
+
+// watch parks the idle connection on its socket, so a terminated backend, a
+// server restart or a crash is seen within milliseconds, and heartbeats it so
+// that a silent network is seen within LeaseTimeout.
+func (c *lockConn) watch() {
+	defer c.l.wg.Done()
+	hb := c.l.cfg.HeartbeatInterval
+	timer := time.NewTimer(parkDelay)
+	defer timer.Stop()
+	for {
+		idle := time.Since(time.Unix(0, c.lastUse.Load()))
+		if idle < parkDelay {
+			timer.Reset(parkDelay - idle)
+			select {
+			case <-c.closed:
+				return
+			case <-timer.C:
+			}
+			continue
+		}
+		c.mu.Lock()
+		if c.failedErr() != nil {
+			c.mu.Unlock()
+			return
+		}
+		if c.wanters.Load() > 0 {
+			c.mu.Unlock()
+			continue
+		}
+		if time.Since(time.Unix(0, c.lastConfirmed.Load())) >= hb {
+			if err := c.heartbeatLocked(); err != nil {
+				c.failLocked(err)
+				c.mu.Unlock()
+				return
+			}
+		}
+		next := time.Unix(0, c.lastConfirmed.Load()).Add(hb)
+		ctx, cancel := context.WithDeadline(context.Background(), next)
+		c.parkMu.Lock()
+		c.parkCancel = cancel
+		park := c.wanters.Load() == 0
+		c.parkMu.Unlock()
+		var err error
+		if park {
+			err = c.pg.WaitForNotification(ctx)
+		}
+		c.parkMu.Lock()
+		c.parkCancel = nil
+		c.parkMu.Unlock()
+		cancel()
+		if c.pg.IsClosed() {
+			if err == nil {
+				err = errors.New("connection closed")
+			}
+			c.failLocked(err)
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+	}
+}
+
+// failLocked ends the connection: it is closed (the server frees its locks),
+// removed from the Locker, and every lease on it is reported lost with cause.
+// c.mu must be held.
+func (c *lockConn) failLocked(cause error) {
+	c.failOnce.Do(func() {
+		if cause == nil {
+			cause = errors.New("connection failed")
+		}
+		c.cause = cause
+		l := c.l
+		l.mu.Lock()
+		c.dead = true
+		l.removeConnLocked(c)
+		leases := make([]*Lease, 0, len(c.leases))
+		for ls := range c.leases {
+			leases = append(leases, ls)
+			l.unreserveLocked(ls.key.ident())
+		}
+		c.leases = nil
+		l.mu.Unlock()
+		close(c.closed)
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		_ = c.pg.Close(ctx) // the connection is being discarded; the cause is what matters
+		cancel()
+		lost := &connLostError{Conn: c.name, PID: c.pid, Cause: cause}
+		if !errors.Is(cause, ErrLockerClosed) {
+			l.log.Warn("pgbaton: lock connection lost", "conn", c.name, "backend_pid", c.pid, "leases", len(leases), "err", cause)
+		}
+		for _, ls := range leases {
+			ls.lose(lost)
+		}
+	})
+}
+
+func isCode(err error, code string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == code
+}

@@ -1,0 +1,123 @@
+package pgbaton
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sentinel errors. Every error pgbaton returns matches one of these with
+// errors.Is, and most carry detail that errors.As can extract.
+var (
+	// ErrNotAcquired: the lock is held by someone else (try), or a bounded
+	// wait expired. See [NotAcquiredError].
+	ErrNotAcquired = errors.New("pgbaton: lock not acquired")
+	// ErrLeaseLost: a lease ended without Release, or Release found the lock
+	// already gone. The work done under it may not have been exclusive. See
+	// [LeaseLostError].
+	ErrLeaseLost = errors.New("pgbaton: lease lost")
+	// ErrReleased is the cause of a lease's context after a normal Release.
+	ErrReleased = errors.New("pgbaton: lease released")
+	// ErrLockerClosed: the Locker was closed.
+	ErrLockerClosed = errors.New("pgbaton: locker closed")
+	// ErrInvalidKey: the key is the zero Key or its name is unusable.
+	ErrInvalidKey = errors.New("pgbaton: invalid key")
+	// ErrInvalidConfig: Config validation failed. See [ConfigError].
+	ErrInvalidConfig = errors.New("pgbaton: invalid config")
+	// ErrPoolerDetected: the connection goes through a connection pooler or
+	// proxy (PgBouncer and the like), where session locks land on shared
+	// backends and leak. Connect lock connections directly to PostgreSQL, or
+	// use the transaction-scoped helpers, which are safe behind a pooler.
+	ErrPoolerDetected = errors.New("pgbaton: connection pooler detected; session leases need a direct connection to PostgreSQL")
+	// ErrHotStandby: the server is a hot standby, which grants advisory locks
+	// locally without coordinating with the primary.
+	ErrHotStandby = errors.New("pgbaton: server is a hot standby; advisory locks there do not coordinate with the primary; connect to the primary")
+	// ErrTooManyLocks: the Locker's own cap on held keys (Config.MaxHeldKeys)
+	// or on locks per connection times connections is reached.
+	ErrTooManyLocks = errors.New("pgbaton: too many locks held by this Locker")
+	// ErrLockTableFull: PostgreSQL's shared lock table is full (SQLSTATE
+	// 53200). While it is, every session of the cluster fails; raise
+	// max_locks_per_transaction or hold fewer keys.
+	ErrLockTableFull = errors.New("pgbaton: PostgreSQL lock table full (53200 out of shared memory)")
+	// ErrDeadlock: PostgreSQL chose this wait as a deadlock victim (40P01),
+	// typically two shared holders both upgrading to exclusive.
+	ErrDeadlock = errors.New("pgbaton: deadlock detected")
+	// ErrConnect: a lock connection could not be opened within
+	// Config.ConnectTimeout.
+	ErrConnect = errors.New("pgbaton: cannot open lock connection")
+)
+
+// NotAcquiredError says which key was busy and how long the caller waited
+// (zero for a try). It matches ErrNotAcquired.
+type NotAcquiredError struct {
+	Key    Key
+	Mode   Mode
+	Waited time.Duration
+	// Local is true when the holder is another lease of the same Locker, so
+	// no round trip was needed to know.
+	Local bool
+}
+
+func (e *NotAcquiredError) Error() string {
+	if e.Waited > 0 {
+		return fmt.Sprintf("pgbaton: lock %q (%s) not acquired within %s", e.Key, e.Mode, e.Waited.Round(time.Millisecond))
+	}
+	return fmt.Sprintf("pgbaton: lock %q (%s) is busy", e.Key, e.Mode)
+}
+
+// Is makes errors.Is(err, ErrNotAcquired) true.
+func (e *NotAcquiredError) Is(target error) bool { return target == ErrNotAcquired }
+
+// LeaseLostError says which lease was lost and why. It matches ErrLeaseLost
+// and unwraps to the cause (a connection error, a PostgreSQL error such as
+// 57P01 admin shutdown, or ErrLockerClosed).
+type LeaseLostError struct {
+	Key   Key
+	Mode  Mode
+	Held  time.Duration // how long the lease had been held when it was lost
+	Cause error
+}
+
+func (e *LeaseLostError) Error() string {
+	return fmt.Sprintf("pgbaton: lease on %q lost after %s: %v", e.Key, e.Held.Round(time.Millisecond), e.Cause)
+}
+
+// Is makes errors.Is(err, ErrLeaseLost) true.
+func (e *LeaseLostError) Is(target error) bool { return target == ErrLeaseLost }
+
+// Unwrap returns the cause.
+func (e *LeaseLostError) Unwrap() error { return e.Cause }
+
+// ConfigError names the field that failed validation and how to fix it.
+type ConfigError struct {
+	Field string
+	Msg   string
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("pgbaton: invalid config: %s: %s", e.Field, e.Msg)
+}
+
+// Is makes errors.Is(err, ErrInvalidConfig) true.
+func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
+
+// errConnLost is the cause used when a lock connection stops answering.
+type connLostError struct {
+	Conn  string // application_name of the lock connection
+	PID   uint32
+	Cause error
+}
+
+func (e *connLostError) Error() string {
+	return fmt.Sprintf("lock connection %s (backend pid %d) lost: %v", e.Conn, e.PID, e.Cause)
+}
+
+func (e *connLostError) Unwrap() error { return e.Cause }
+
+// ErrHeartbeatTimeout is the cause of a loss when no heartbeat was confirmed
+// within Config.LeaseTimeout: the network or the server stopped answering.
+var ErrHeartbeatTimeout = errors.New("no heartbeat confirmed within the lease timeout")
+
+// ErrUnlockFalse is the cause of a loss found at release: pg_advisory_unlock
+// returned false, so the server no longer held the lock.
+var ErrUnlockFalse = errors.New("pg_advisory_unlock returned false: the server no longer held the lock")

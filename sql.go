@@ -1,0 +1,84 @@
+package pgbaton
+
+import (
+	"encoding/binary"
+	"strconv"
+	"time"
+)
+
+// Statements are prepared once per lock connection, lazily, and then run with
+// binary parameters: one round trip each.
+
+type stmtKind uint8
+
+const (
+	stmtTry stmtKind = iota
+	stmtWait
+	stmtUnlock
+	nStmtKinds
+)
+
+type stmtID struct {
+	kind  stmtKind
+	mode  Mode
+	space keySpace
+}
+
+func (s stmtID) name() string {
+	return "pgbaton_" + strconv.Itoa(int(s.kind)) + "_" + strconv.Itoa(int(s.mode)) + "_" + strconv.Itoa(int(s.space))
+}
+
+// keyArgs is the argument list of the advisory-lock function for a space,
+// starting at parameter n.
+func keyArgs(space keySpace, n int) string {
+	if space == spacePair {
+		return "$" + strconv.Itoa(n) + "::int4, $" + strconv.Itoa(n+1) + "::int4"
+	}
+	return "$" + strconv.Itoa(n) + "::int8"
+}
+
+func (s stmtID) sql() string {
+	sfx := ""
+	if s.mode == Shared {
+		sfx = "_shared"
+	}
+	switch s.kind {
+	case stmtTry:
+		return "SELECT pg_try_advisory_lock" + sfx + "(" + keyArgs(s.space, 1) + ")"
+	case stmtWait:
+		// set_config(..., true) outside a transaction lasts for this
+		// statement only: nothing is left behind on the session.
+		return "SELECT set_config('lock_timeout', $1::text, true), pg_advisory_lock" + sfx + "(" + keyArgs(s.space, 2) + ")"
+	case stmtUnlock:
+		// Guarded: it can only unlock on the backend that took the lock.
+		return "SELECT CASE WHEN pg_backend_pid() = $1::int4 THEN pg_advisory_unlock" + sfx + "(" + keyArgs(s.space, 2) + ") END"
+	}
+	panic("pgbaton: unknown statement")
+}
+
+// keyParams encodes k's arguments in binary.
+func keyParams(k Key) [][]byte {
+	if k.space == spacePair {
+		a, b, _ := k.Pair()
+		return [][]byte{be32(uint32(a)), be32(uint32(b))}
+	}
+	return [][]byte{be64(uint64(k.id))}
+}
+
+func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+func be64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+var (
+	fmtBinary1 = []int16{1}
+	fmtBinary  = []int16{1, 1, 1}
+	fmtWait    = []int16{0, 1, 1}
+)
+
+// pgMillis renders d for lock_timeout, at least 1ms (0 would mean forever).
+func pgMillis(d time.Duration) string {
+	ms := d.Milliseconds()
+	if ms < 1 {
+		ms = 1
+	}
+	return strconv.FormatInt(ms, 10) + "ms"
+}
