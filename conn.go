@@ -418,6 +418,7 @@ func (c *lockConn) failLocked(cause error) {
 		if !errors.Is(cause, ErrLockerClosed) {
 			l.log.Warn("pgbaton: lock connection lost", "conn", c.name, "backend_pid", c.pid, "leases", len(leases), "err", cause)
 		}
+		l.stats.lost.Add(int64(len(leases)))
 		for _, ls := range leases {
 			ls.lose(lost)
 		}
@@ -427,4 +428,29 @@ func (c *lockConn) failLocked(cause error) {
 func isCode(err error, code string) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == code
+}
+
+// connBackend releases leases held on a lock connection.
+type connBackend struct{ c *lockConn }
+
+func (b connBackend) Unlock(ls *Lease) (bool, error) {
+	ok, err := b.c.unlockKey(ls.key, ls.mode)
+	if ok && err == nil {
+		b.c.l.stats.released.Add(1)
+	} else if err == nil {
+		b.c.l.stats.lost.Add(1)
+	}
+	return ok, err
+}
+
+func (b connBackend) Forget(ls *Lease) bool {
+	c, l := b.c, b.c.l
+	l.mu.Lock()
+	_, mine := c.leases[ls]
+	if mine {
+		delete(c.leases, ls)
+		l.unreserveLocked(ls.key.ident())
+	}
+	l.mu.Unlock()
+	return mine
 }

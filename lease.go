@@ -3,6 +3,7 @@ package pgbaton
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -13,11 +14,15 @@ import (
 // its heartbeat was not confirmed within Config.LeaseTimeout, or the Locker
 // closed). Either way Done is closed and Context is cancelled; Err says which.
 type Lease struct {
-	l        *Locker
-	c        *lockConn
+	b        Backend
 	key      Key
 	mode     Mode
 	acquired time.Time
+	token    int64
+	hasToken bool
+	holder   string
+	pid      uint32
+	log      func(msg string, args ...any)
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -56,7 +61,50 @@ func (ls *Lease) Err() error {
 
 // Conn returns the application_name and backend pid of the lock connection
 // holding the lease, for logs and inspection.
-func (ls *Lease) Conn() (applicationName string, backendPID uint32) { return ls.c.name, ls.c.pid }
+func (ls *Lease) Conn() (applicationName string, backendPID uint32) { return ls.holder, ls.pid }
+
+// Token returns the lease's fencing token: a number that strictly increases
+// per key across every grant, so a resource can reject writes from an older
+// holder. ok is false when the Locker has no fencing schema.
+func (ls *Lease) Token() (token int64, ok bool) { return ls.token, ls.hasToken }
+
+// Backend lets lock implementations other than [Locker] (such as the
+// in-memory fake in package pgbatontest) hand out Leases with the same
+// semantics. Application code never implements it.
+type Backend interface {
+	// Unlock releases ls's lock and reports whether it was still held.
+	Unlock(ls *Lease) (held bool, err error)
+	// Forget drops ls from the backend's records and reports whether it was
+	// still there; false means the backend already reported it lost.
+	Forget(ls *Lease) bool
+}
+
+// LeaseInfo describes a lease made by [NewLease].
+type LeaseInfo struct {
+	Key      Key
+	Mode     Mode
+	Token    int64
+	HasToken bool
+	Holder   string // shown by Conn
+	Logger   *slog.Logger
+}
+
+// NewLease makes a held Lease for a [Backend]. The returned lose function
+// ends it as lost with the given cause (it is idempotent).
+func NewLease(info LeaseInfo, b Backend) (*Lease, func(cause error)) {
+	ls := newLease(b, info.Key, info.Mode, info.Holder, 0, info.Logger)
+	ls.token, ls.hasToken = info.Token, info.HasToken
+	return ls, ls.lose
+}
+
+func newLease(b Backend, key Key, mode Mode, holder string, pid uint32, log *slog.Logger) *Lease {
+	if log == nil {
+		log = slog.Default()
+	}
+	ls := &Lease{b: b, key: key, mode: mode, acquired: time.Now(), holder: holder, pid: pid, log: log.Error}
+	ls.ctx, ls.cancel = context.WithCancelCause(context.Background())
+	return ls
+}
 
 // Release unlocks the key on the connection that took it, bounded by
 // Config.ReleaseTimeout and independent of any caller context. It returns nil
@@ -83,26 +131,16 @@ func (ls *Lease) Release() error {
 	ls.mu.Unlock()
 	defer close(ls.releasing)
 
-	ok, err := ls.c.unlockKey(ls.key, ls.mode)
-	l := ls.l
-	l.mu.Lock()
-	_, mine := ls.c.leases[ls]
-	if mine {
-		delete(ls.c.leases, ls)
-		l.unreserveLocked(ls.key.ident())
-	}
-	l.mu.Unlock()
+	ok, err := ls.b.Unlock(ls)
 	switch {
-	case !mine:
-		// The connection failed in the meantime; its cause is the loss.
-		ls.lose(&connLostError{Conn: ls.c.name, PID: ls.c.pid, Cause: ls.c.cause})
+	case !ls.b.Forget(ls):
+		// The backend reported the loss (or is about to): it wins.
 	case err != nil:
 		ls.lose(err)
 	case !ok:
 		ls.lose(ErrUnlockFalse)
 	default:
 		ls.end(ErrReleased)
-		l.stats.released.Add(1)
 	}
 	return ls.Release()
 }
@@ -110,13 +148,9 @@ func (ls *Lease) Release() error {
 // lose ends the lease as lost with cause, logging at error level.
 func (ls *Lease) lose(cause error) {
 	lost := &LeaseLostError{Key: ls.key, Mode: ls.mode, Held: time.Since(ls.acquired), Cause: cause}
-	if ls.end(lost) {
-		ls.l.stats.lost.Add(1)
-		if !errors.Is(cause, ErrLockerClosed) {
-			name, pid := ls.Conn()
-			ls.l.log.Error("pgbaton: lease lost", "key", ls.key.String(), "key_id", ls.key.ID(), "mode", ls.mode.String(),
-				"held", lost.Held, "conn", name, "backend_pid", pid, "err", cause)
-		}
+	if ls.end(lost) && !errors.Is(cause, ErrLockerClosed) {
+		ls.log("pgbaton: lease lost", "key", ls.key.String(), "key_id", ls.key.ID(), "mode", ls.mode.String(),
+			"held", lost.Held, "holder", ls.holder, "backend_pid", ls.pid, "err", cause)
 	}
 }
 

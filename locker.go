@@ -435,9 +435,8 @@ func (l *Locker) waitEnded(ctx context.Context, key Key, mode Mode, waited time.
 // grant turns a server grant on c into a Lease. If c failed in between, the
 // lock is already gone with it.
 func (l *Locker) grant(c *lockConn, key Key, mode Mode, start time.Time) (*Lease, error) {
-	now := time.Now()
-	ls := &Lease{l: l, c: c, key: key, mode: mode, acquired: now}
-	ls.ctx, ls.cancel = context.WithCancelCause(context.Background())
+	ls := newLease(connBackend{c}, key, mode, c.name, c.pid, l.log)
+	now := ls.acquired
 	l.mu.Lock()
 	c.inflight--
 	if c.waiting {
