@@ -76,6 +76,11 @@ type Config struct {
 	// BusyLogLevel is the level of "lock busy" events. Default Info.
 	BusyLogLevel slog.Level
 
+	// Schema holds pgbaton's tables and the fencing-token sequence (see
+	// Migrate). Default "pgbaton". Leases carry a fencing token when the
+	// schema has been migrated, and none otherwise.
+	Schema string
+
 	// AllowPooler accepts a session-pooling proxy (PgBouncer in session
 	// mode), where a client keeps one backend for its connection's life. Never
 	// set it for transaction pooling: leases would leak. Default false.
@@ -141,6 +146,9 @@ func (c Config) withDefaults() Config {
 		host, _ := os.Hostname()
 		c.InstanceName = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
+	if c.Schema == "" {
+		c.Schema = DefaultSchema
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -199,6 +207,8 @@ func (c Config) resolve() (Config, error) {
 		return bad("LeaseTimeout", "%s plus HeartbeatInterval %s must not exceed the server's release time %s (min(KeepaliveIdle + KeepaliveInterval×KeepaliveCount, TCPUserTimeout)); otherwise the server could hand the lock to another client before this one learns it lost it: lower LeaseTimeout or raise the keepalive settings", c.LeaseTimeout, c.HeartbeatInterval, c.ServerReleaseTimeout())
 	case c.ReleaseTimeout > c.LeaseTimeout+c.AcquireTimeout:
 		return bad("ReleaseTimeout", "%s is longer than any operation can usefully take", c.ReleaseTimeout)
+	case !schemaRE.MatchString(c.Schema):
+		return bad("Schema", "%q is not a plain lower-case identifier", c.Schema)
 	case len(c.InstanceName) > 48:
 		return bad("InstanceName", "%d bytes; application_name keeps 63, so use at most 48", len(c.InstanceName))
 	}

@@ -2,6 +2,7 @@ package pgbaton
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -25,10 +26,11 @@ const parkDelay = 5 * time.Millisecond
 // Fields marked (l.mu) are guarded by the Locker's mutex; c.mu serialises use
 // of pg. Lock order: c.mu before l.mu.
 type lockConn struct {
-	l    *Locker
-	pg   *pgconn.PgConn
-	pid  uint32
-	name string // application_name
+	l     *Locker
+	pg    *pgconn.PgConn
+	pid   uint32
+	name  string // application_name
+	fence string // fencing sequence when the schema exists, else ""
 
 	mu       sync.Mutex // held while using pg
 	prepared [nStmtKinds][2][3]bool
@@ -78,11 +80,13 @@ func (c *lockConn) setup(ctx context.Context) error {
 	if c.pg.ParameterStatus("in_hot_standby") == "on" {
 		return ErrHotStandby
 	}
-	res := c.pg.ExecParams(ctx, "SELECT pg_backend_pid()::int8, pg_is_in_recovery()", nil, nil, nil, nil).Read()
+	seq := c.l.cfg.Schema + ".fence_token"
+	res := c.pg.ExecParams(ctx, "SELECT pg_backend_pid()::int8, pg_is_in_recovery(), to_regclass($1) IS NOT NULL",
+		[][]byte{[]byte(seq)}, nil, nil, nil).Read()
 	if res.Err != nil {
 		return fmt.Errorf("%w: checking the server: %w", ErrConnect, res.Err)
 	}
-	if len(res.Rows) != 1 || len(res.Rows[0]) != 2 {
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 3 {
 		return fmt.Errorf("%w: unexpected answer to the server check", ErrConnect)
 	}
 	pid, _ := strconv.ParseUint(string(res.Rows[0][0]), 10, 32)
@@ -95,8 +99,13 @@ func (c *lockConn) setup(ctx context.Context) error {
 		}
 		c.pid = uint32(pid)
 	}
+	if string(res.Rows[0][2]) == "t" {
+		c.fence = seq
+	}
 	cfg := c.l.cfg
 	set := []string{
+		// A token handed out must survive a crash: its commit is flushed.
+		"SET synchronous_commit = on",
 		"SET statement_timeout = 0",
 		"SET lock_timeout = 0",
 		"SET idle_in_transaction_session_timeout = 0",
@@ -220,27 +229,34 @@ func (c *lockConn) prepare(ctx context.Context, s stmtID) error {
 	return nil
 }
 
-// tryLock runs pg_try_advisory_lock[_shared] in one round trip.
-func (c *lockConn) tryLock(k Key, mode Mode) (bool, error) {
-	var ok bool
+// tryLock runs pg_try_advisory_lock[_shared] in one round trip, drawing a
+// fencing token on a grant when the session has the schema.
+func (c *lockConn) tryLock(k Key, mode Mode) (ok bool, token int64, err error) {
 	deadline := time.Now().Add(c.l.cfg.LeaseTimeout)
 	if b := c.bound(); c.hasLeases() && b.Before(deadline) {
 		deadline = b
 	}
-	err := c.do(deadline, func(ctx context.Context) error {
-		s := stmtID{stmtTry, mode, k.space}
+	err = c.do(deadline, func(ctx context.Context) error {
+		s := stmtID{stmtTry, mode, k.space, c.fence}
 		if err := c.prepare(ctx, s); err != nil {
 			return err
 		}
 		params := keyParams(k)
-		res := c.pg.ExecPrepared(ctx, s.name(), params, fmtBinary[:len(params)], fmtBinary1).Read()
+		res := c.pg.ExecPrepared(ctx, s.name(), params, fmtBinary[:len(params)], fmtBinary[:1+s.fenced()]).Read()
 		if res.Err != nil {
 			return res.Err
 		}
-		ok = len(res.Rows) == 1 && len(res.Rows[0][0]) == 1 && res.Rows[0][0][0] == 1
+		if len(res.Rows) != 1 || len(res.Rows[0]) != 1+s.fenced() {
+			return fmt.Errorf("pgbaton: unexpected answer to a try-lock: %d rows", len(res.Rows))
+		}
+		row := res.Rows[0]
+		ok = len(row[0]) == 1 && row[0][0] == 1
+		if ok && s.fenced() == 1 && len(row[1]) == 8 {
+			token = int64(binary.BigEndian.Uint64(row[1]))
+		}
 		return nil
 	})
-	return ok, err
+	return ok, token, err
 }
 
 // unlock runs the guarded pg_advisory_unlock[_shared]. It reports whether the
@@ -252,7 +268,7 @@ func (c *lockConn) unlockKey(k Key, mode Mode) (bool, error) {
 		deadline = b
 	}
 	err := c.do(deadline, func(ctx context.Context) error {
-		s := stmtID{stmtUnlock, mode, k.space}
+		s := stmtID{stmtUnlock, mode, k.space, c.fence}
 		if err := c.prepare(ctx, s); err != nil {
 			return err
 		}
@@ -271,10 +287,10 @@ func (c *lockConn) unlockKey(k Key, mode Mode) (bool, error) {
 // (lock_timeout, set for this statement only). The connection holds no
 // leases while it waits. If ctx is cancelled first, a cancel request ends the
 // wait with 57014 and the connection survives.
-func (c *lockConn) waitLock(ctx context.Context, k Key, mode Mode, wait time.Duration) error {
+func (c *lockConn) waitLock(ctx context.Context, k Key, mode Mode, wait time.Duration) (token int64, err error) {
 	deadline := time.Now().Add(wait + c.l.cfg.LeaseTimeout)
-	return c.do(deadline, func(opCtx context.Context) error {
-		s := stmtID{stmtWait, mode, k.space}
+	err = c.do(deadline, func(opCtx context.Context) error {
+		s := stmtID{stmtWait, mode, k.space, c.fence}
 		if err := c.prepare(opCtx, s); err != nil {
 			return err
 		}
@@ -299,8 +315,15 @@ func (c *lockConn) waitLock(ctx context.Context, k Key, mode Mode, wait time.Dur
 				}
 			}
 		}
+		if res.Err == nil && s.fenced() == 1 {
+			if len(res.Rows) != 1 || len(res.Rows[0]) != 3 {
+				return fmt.Errorf("pgbaton: unexpected answer to a lock wait: %d rows", len(res.Rows))
+			}
+			token, _ = strconv.ParseInt(string(res.Rows[0][2]), 10, 64)
+		}
 		return res.Err
 	})
+	return token, err
 }
 
 // heartbeat proves the connection alive, within the lease bound.

@@ -356,9 +356,9 @@ func (l *Locker) acquireReserved(ctx context.Context, key Key, o acquireOptions,
 		if err != nil {
 			return nil, err
 		}
-		ok, err := c.tryLock(key, o.mode)
+		ok, token, err := c.tryLock(key, o.mode)
 		if ok && err == nil {
-			return l.grant(c, key, o.mode, start)
+			return l.grant(c, key, o.mode, start, token)
 		}
 		l.done(c)
 		if err != nil {
@@ -381,7 +381,7 @@ func (l *Locker) acquireReserved(ctx context.Context, key Key, o acquireOptions,
 func (l *Locker) blockingWait(ctx context.Context, c *lockConn, key Key, mode Mode, start, deadline time.Time) (*Lease, error) {
 	wctx, cancel := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(l.closeCtx, func() { cancel(ErrLockerClosed) })
-	err := c.waitLock(wctx, key, mode, time.Until(deadline))
+	token, err := c.waitLock(wctx, key, mode, time.Until(deadline))
 	stop()
 	gaveUp := context.Cause(wctx)
 	cancel(nil)
@@ -402,7 +402,7 @@ func (l *Locker) blockingWait(ctx context.Context, c *lockConn, key Key, mode Mo
 		}
 		return nil, l.lockErr(key, err)
 	}
-	return l.grant(c, key, mode, start)
+	return l.grant(c, key, mode, start, token)
 }
 
 var errWaitExpired = errors.New("wait expired")
@@ -434,8 +434,10 @@ func (l *Locker) waitEnded(ctx context.Context, key Key, mode Mode, waited time.
 
 // grant turns a server grant on c into a Lease. If c failed in between, the
 // lock is already gone with it.
-func (l *Locker) grant(c *lockConn, key Key, mode Mode, start time.Time) (*Lease, error) {
+func (l *Locker) grant(c *lockConn, key Key, mode Mode, start time.Time, token int64) (*Lease, error) {
 	ls := newLease(connBackend{c}, key, mode, c.name, c.pid, l.log)
+	ls.token, ls.hasToken = token, c.fence != ""
+
 	now := ls.acquired
 	l.mu.Lock()
 	c.inflight--

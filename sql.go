@@ -22,10 +22,22 @@ type stmtID struct {
 	kind  stmtKind
 	mode  Mode
 	space keySpace
+	fence string // quoted sequence name when the session draws fencing tokens
 }
 
 func (s stmtID) name() string {
-	return "pgbaton_" + strconv.Itoa(int(s.kind)) + "_" + strconv.Itoa(int(s.mode)) + "_" + strconv.Itoa(int(s.space))
+	n := "pgbaton_" + strconv.Itoa(int(s.kind)) + "_" + strconv.Itoa(int(s.mode)) + "_" + strconv.Itoa(int(s.space))
+	if s.fence != "" && s.kind != stmtUnlock {
+		n += "_f"
+	}
+	return n
+}
+
+func (s stmtID) fenced() int {
+	if s.fence != "" && s.kind != stmtUnlock {
+		return 1
+	}
+	return 0
 }
 
 // keyArgs is the argument list of the advisory-lock function for a space,
@@ -44,11 +56,22 @@ func (s stmtID) sql() string {
 	}
 	switch s.kind {
 	case stmtTry:
+		if s.fence != "" {
+			// The token is drawn only on a grant, after it: it orders
+			// grants of the same key.
+			return "SELECT l, CASE WHEN l THEN nextval('" + s.fence + "') END FROM pg_try_advisory_lock" + sfx + "(" + keyArgs(s.space, 1) + ") AS l"
+		}
 		return "SELECT pg_try_advisory_lock" + sfx + "(" + keyArgs(s.space, 1) + ")"
 	case stmtWait:
 		// set_config(..., true) outside a transaction lasts for this
-		// statement only: nothing is left behind on the session.
-		return "SELECT set_config('lock_timeout', $1::text, true), pg_advisory_lock" + sfx + "(" + keyArgs(s.space, 2) + ")"
+		// statement only: nothing is left behind on the session. The
+		// target list is evaluated left to right: the token is drawn
+		// after the grant.
+		q := "SELECT set_config('lock_timeout', $1::text, true), pg_advisory_lock" + sfx + "(" + keyArgs(s.space, 2) + ")"
+		if s.fence != "" {
+			q += ", nextval('" + s.fence + "')"
+		}
+		return q
 	case stmtUnlock:
 		// Guarded: it can only unlock on the backend that took the lock.
 		return "SELECT CASE WHEN pg_backend_pid() = $1::int4 THEN pg_advisory_unlock" + sfx + "(" + keyArgs(s.space, 2) + ") END"
