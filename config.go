@@ -42,6 +42,12 @@ type Config struct {
 	// 5s.
 	ReleaseTimeout time.Duration
 
+	// XactIdleTimeout is idle_in_transaction_session_timeout on the
+	// transactions of WithXactLock: the server reaps a transaction (and frees
+	// its lock) when the process holding it stops heartbeating for this
+	// long. Default 30s (DATABASE_LOCK_IDLE_TX_TIMEOUT_MS).
+	XactIdleTimeout time.Duration
+
 	// HeartbeatInterval is how often an idle lock connection proves it is
 	// alive. Default 1s.
 	HeartbeatInterval time.Duration
@@ -95,6 +101,7 @@ const (
 	DefaultConnectTimeout                = 10 * time.Second
 	DefaultReleaseTimeout                = 5 * time.Second
 	DefaultHeartbeatInterval             = time.Second
+	DefaultXactIdleTimeout               = 30 * time.Second
 	DefaultLeaseTimeout                  = 4 * time.Second
 	DefaultKeepaliveIdle                 = 3 * time.Second
 	DefaultKeepaliveInterval             = time.Second
@@ -134,6 +141,7 @@ func (c Config) withDefaults() Config {
 	def(&c.ConnectTimeout, DefaultConnectTimeout)
 	def(&c.ReleaseTimeout, DefaultReleaseTimeout)
 	def(&c.HeartbeatInterval, DefaultHeartbeatInterval)
+	def(&c.XactIdleTimeout, DefaultXactIdleTimeout)
 	def(&c.LeaseTimeout, DefaultLeaseTimeout)
 	def(&c.KeepaliveIdle, DefaultKeepaliveIdle)
 	def(&c.KeepaliveInterval, DefaultKeepaliveInterval)
@@ -181,7 +189,7 @@ func (c Config) resolve() (Config, error) {
 	}{
 		{"AcquireTimeout", c.AcquireTimeout}, {"ConnectTimeout", c.ConnectTimeout},
 		{"ReleaseTimeout", c.ReleaseTimeout}, {"HeartbeatInterval", c.HeartbeatInterval},
-		{"LeaseTimeout", c.LeaseTimeout}, {"KeepaliveIdle", c.KeepaliveIdle},
+		{"LeaseTimeout", c.LeaseTimeout}, {"KeepaliveIdle", c.KeepaliveIdle}, {"XactIdleTimeout", c.XactIdleTimeout},
 		{"KeepaliveInterval", c.KeepaliveInterval}, {"TCPUserTimeout", c.TCPUserTimeout},
 		{"ClientConnectionCheckInterval", c.ClientConnectionCheckInterval},
 	} {
@@ -205,6 +213,8 @@ func (c Config) resolve() (Config, error) {
 		return bad("LeaseTimeout", "%s must be at least twice HeartbeatInterval (%s), or one late heartbeat loses every lease", c.LeaseTimeout, c.HeartbeatInterval)
 	case c.LeaseTimeout+c.HeartbeatInterval > c.ServerReleaseTimeout():
 		return bad("LeaseTimeout", "%s plus HeartbeatInterval %s must not exceed the server's release time %s (min(KeepaliveIdle + KeepaliveInterval×KeepaliveCount, TCPUserTimeout)); otherwise the server could hand the lock to another client before this one learns it lost it: lower LeaseTimeout or raise the keepalive settings", c.LeaseTimeout, c.HeartbeatInterval, c.ServerReleaseTimeout())
+	case c.XactIdleTimeout < 2*c.HeartbeatInterval:
+		return bad("XactIdleTimeout", "%s must be at least twice HeartbeatInterval (%s), or the server would reap healthy WithXactLock transactions", c.XactIdleTimeout, c.HeartbeatInterval)
 	case c.ReleaseTimeout > c.LeaseTimeout+c.AcquireTimeout:
 		return bad("ReleaseTimeout", "%s is longer than any operation can usefully take", c.ReleaseTimeout)
 	case !schemaRE.MatchString(c.Schema):

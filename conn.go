@@ -294,27 +294,10 @@ func (c *lockConn) waitLock(ctx context.Context, k Key, mode Mode, wait time.Dur
 		if err := c.prepare(opCtx, s); err != nil {
 			return err
 		}
-		cancelled := make(chan struct{})
-		stop := context.AfterFunc(ctx, func() {
-			defer close(cancelled)
-			cctx, cancel := context.WithTimeout(context.Background(), c.l.cfg.ConnectTimeout)
-			defer cancel()
-			_ = c.pg.CancelRequest(cctx) // if it is lost, lock_timeout still ends the wait
-		})
+		cancelled := c.cancelOn(ctx)
 		params := append([][]byte{[]byte(pgMillis(wait))}, keyParams(k)...)
 		res := c.pg.ExecPrepared(opCtx, s.name(), params, fmtWait[:len(params)], nil).Read()
-		if !stop() {
-			// A cancel request was sent. Make sure it cannot hit a later
-			// statement: the server ignores a cancel that arrives while
-			// idle, and a probe absorbs one that arrives late.
-			<-cancelled
-			for range 2 {
-				probe := c.pg.Exec(opCtx, "SELECT 1")
-				if _, err := probe.ReadAll(); !isCode(err, "57014") {
-					break
-				}
-			}
-		}
+		cancelled(opCtx)
 		if res.Err == nil && s.fenced() == 1 {
 			if len(res.Rows) != 1 || len(res.Rows[0]) != 3 {
 				return fmt.Errorf("pgbaton: unexpected answer to a lock wait: %d rows", len(res.Rows))

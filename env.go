@@ -14,6 +14,7 @@ const (
 	EnvLockPoolMax      = "DATABASE_LOCK_POOL_MAX"              // Config.MaxConns
 	EnvLockTimeoutMS    = "DATABASE_LOCK_TIMEOUT_MS"            // Config.AcquireTimeout
 	EnvConnectTimeoutMS = "DATABASE_POOL_CONNECTION_TIMEOUT_MS" // Config.ConnectTimeout
+	EnvLockIdleTxMS     = "DATABASE_LOCK_IDLE_TX_TIMEOUT_MS"    // Config.XactIdleTimeout
 	EnvLeaseTimeoutMS   = "PGBATON_LEASE_TIMEOUT_MS"            // Config.LeaseTimeout
 	EnvHeartbeatMS      = "PGBATON_HEARTBEAT_INTERVAL_MS"       // Config.HeartbeatInterval
 	EnvInstanceName     = "PGBATON_INSTANCE"                    // Config.InstanceName
@@ -46,6 +47,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}{
 		{EnvLockTimeoutMS, &c.AcquireTimeout},
 		{EnvConnectTimeoutMS, &c.ConnectTimeout},
+		{EnvLockIdleTxMS, &c.XactIdleTimeout},
 		{EnvLeaseTimeoutMS, &c.LeaseTimeout},
 		{EnvHeartbeatMS, &c.HeartbeatInterval},
 	}

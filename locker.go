@@ -314,27 +314,31 @@ func (l *Locker) acquire(ctx context.Context, key Key, o acquireOptions) (*Lease
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	id := key.ident()
+	if err := l.reserveWait(ctx, key, o, start, deadline); err != nil {
+		return nil, err
+	}
+	lease, err := l.acquireReserved(ctx, key, o, start, deadline)
+	if err != nil {
+		l.unreserve(key.ident())
+		return nil, err
+	}
+	return lease, nil
+}
+
+// reserveWait records an in-process hold on key, waiting (bounded) while
+// another lease of this Locker holds it in a conflicting mode.
+func (l *Locker) reserveWait(ctx context.Context, key Key, o acquireOptions, start, deadline time.Time) error {
 	for {
-		wait, err := l.reserve(id, o.mode)
-		if err != nil {
-			return nil, err
+		wait, err := l.reserve(key.ident(), o.mode)
+		if err != nil || wait == nil {
+			return err
 		}
-		if wait != nil { // this Locker holds it in a conflicting mode
-			if o.wait == 0 {
-				return nil, l.busy(key, o.mode, 0, true)
-			}
-			if err := waitChan(ctx, l.closeCtx, wait, deadline); err != nil {
-				return nil, l.waitEnded(ctx, key, o.mode, time.Since(start), err)
-			}
-			continue
+		if o.wait == 0 {
+			return l.busy(key, o.mode, 0, true)
 		}
-		lease, err := l.acquireReserved(ctx, key, o, start, deadline)
-		if err != nil {
-			l.unreserve(id)
-			return nil, err
+		if err := waitChan(ctx, l.closeCtx, wait, deadline); err != nil {
+			return l.waitEnded(ctx, key, o.mode, time.Since(start), err)
 		}
-		return lease, nil
 	}
 }
 
