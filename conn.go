@@ -456,6 +456,7 @@ func (b connBackend) Forget(ls *Lease) bool {
 	if mine {
 		delete(c.leases, ls)
 		l.unreserveLocked(ls.key.ident())
+		l.notifyLocked()
 	}
 	l.mu.Unlock()
 	return mine

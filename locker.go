@@ -66,6 +66,7 @@ type Locker struct {
 	held    map[ident]*hold
 	closed  bool
 	connSeq int64
+	avail   chan struct{} // closed (and replaced) when connection capacity may have changed
 
 	closeCtx    context.Context
 	closeCancel context.CancelCauseFunc
@@ -104,7 +105,7 @@ func New(ctx context.Context, cfg Config) (*Locker, error) {
 	if connCfg.RuntimeParams == nil {
 		connCfg.RuntimeParams = map[string]string{}
 	}
-	l := &Locker{cfg: cfg, connCfg: connCfg, log: cfg.Logger, held: map[ident]*hold{}}
+	l := &Locker{cfg: cfg, connCfg: connCfg, log: cfg.Logger, held: map[ident]*hold{}, avail: make(chan struct{})}
 	l.closeCtx, l.closeCancel = context.WithCancelCause(context.Background())
 	c, err := l.dial(ctx, 1)
 	if err != nil {
@@ -119,13 +120,21 @@ func New(ctx context.Context, cfg Config) (*Locker, error) {
 // Config returns the resolved configuration (defaults filled in).
 func (l *Locker) Config() Config { return l.cfg }
 
+// notifyLocked wakes callers waiting for a connection.
+func (l *Locker) notifyLocked() {
+	close(l.avail)
+	l.avail = make(chan struct{})
+}
+
 func (l *Locker) addConnLocked(c *lockConn) {
+	defer l.notifyLocked()
 	l.conns = append(l.conns, c)
 	l.wg.Add(1)
 	go c.watch()
 }
 
 func (l *Locker) removeConnLocked(c *lockConn) {
+	defer l.notifyLocked()
 	for i, x := range l.conns {
 		if x == c {
 			l.conns = append(l.conns[:i], l.conns[i+1:]...)
@@ -176,28 +185,41 @@ func (l *Locker) unreserveLocked(id ident) {
 
 // pick chooses a connection for a try: the least busy live connection with
 // room, dialing a new one while under MaxConns if every existing one is busy.
-// A connection in a blocking wait is never picked.
-func (l *Locker) pick(ctx context.Context) (*lockConn, error) {
-	l.mu.Lock()
-	var best *lockConn
-	for _, c := range l.conns {
-		if c.dead || c.waiting || len(c.leases) >= l.cfg.MaxLocksPerConn {
-			continue
+// A connection in a blocking wait is never picked. When none is usable but
+// one may become so (a dial or a wait in progress), it waits until deadline.
+func (l *Locker) pick(ctx context.Context, deadline time.Time) (*lockConn, error) {
+	for {
+		l.mu.Lock()
+		var best *lockConn
+		for _, c := range l.conns {
+			if c.dead || c.waiting || len(c.leases) >= l.cfg.MaxLocksPerConn {
+				continue
+			}
+			if best == nil || c.inflight < best.inflight || (c.inflight == best.inflight && len(c.leases) < len(best.leases)) {
+				best = c
+			}
 		}
-		if best == nil || c.inflight < best.inflight || (c.inflight == best.inflight && len(c.leases) < len(best.leases)) {
-			best = c
+		if (best == nil || best.inflight > 0) && len(l.conns)+l.dialing < l.cfg.MaxConns {
+			return l.dialLocked(ctx, false)
 		}
-	}
-	if (best == nil || best.inflight > 0) && len(l.conns)+l.dialing < l.cfg.MaxConns {
-		return l.dialLocked(ctx, false)
-	}
-	if best == nil {
+		if best != nil {
+			best.inflight++
+			l.mu.Unlock()
+			return best, nil
+		}
+		if l.dialing == 0 && l.waiters == 0 {
+			l.mu.Unlock()
+			return nil, fmt.Errorf("%w: every lock connection is full (MaxConns %d × MaxLocksPerConn %d)", ErrTooManyLocks, l.cfg.MaxConns, l.cfg.MaxLocksPerConn)
+		}
+		ch := l.avail
 		l.mu.Unlock()
-		return nil, fmt.Errorf("%w: every lock connection is full or waiting (MaxConns %d × MaxLocksPerConn %d)", ErrTooManyLocks, l.cfg.MaxConns, l.cfg.MaxLocksPerConn)
+		if err := waitChan(ctx, l.closeCtx, ch, deadline); err != nil {
+			if errors.Is(err, errWaitExpired) {
+				return nil, fmt.Errorf("%w: no lock connection became free in time (MaxConns %d)", ErrTooManyLocks, l.cfg.MaxConns)
+			}
+			return nil, err
+		}
 	}
-	best.inflight++
-	l.mu.Unlock()
-	return best, nil
 }
 
 // pickEmpty chooses a connection with no leases for a blocking wait, dialing
@@ -269,6 +291,7 @@ func (l *Locker) done(c *lockConn) {
 		c.waiting = false
 		l.waiters--
 	}
+	l.notifyLocked()
 	l.mu.Unlock()
 }
 
@@ -355,8 +378,12 @@ func (l *Locker) acquireReserved(ctx context.Context, key Key, o acquireOptions,
 	// Try, and with a wait but no free connection, poll with jittered
 	// backoff: still bounded, just not FIFO.
 	backoff := 2 * time.Millisecond
+	pickBy := deadline
+	if o.wait == 0 {
+		pickBy = start.Add(l.cfg.ConnectTimeout)
+	}
 	for {
-		c, err := l.pick(ctx)
+		c, err := l.pick(ctx, pickBy)
 		if err != nil {
 			return nil, err
 		}
@@ -449,6 +476,7 @@ func (l *Locker) grant(c *lockConn, key Key, mode Mode, start time.Time, token i
 		c.waiting = false
 		l.waiters--
 	}
+	l.notifyLocked()
 	if c.dead {
 		l.mu.Unlock()
 		ls.cancel(nil)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -93,20 +92,20 @@ func (l *Locker) WithXactLock(ctx context.Context, key Key, fn func(ctx context.
 
 // pickEmptyUntil waits, bounded, for a lock connection with no leases.
 func (l *Locker) pickEmptyUntil(ctx context.Context, deadline time.Time) (*lockConn, error) {
-	backoff := time.Millisecond
 	for {
+		l.mu.Lock()
+		ch := l.avail
+		l.mu.Unlock()
 		c, err := l.pickEmpty(ctx)
 		if c != nil || err != nil {
 			return c, err
 		}
-		sleep := backoff/2 + rand.N(backoff)
-		if time.Until(deadline) < sleep {
-			return nil, fmt.Errorf("%w: no free lock connection within the wait (MaxConns %d)", ErrTooManyLocks, l.cfg.MaxConns)
-		}
-		if err := waitChan(ctx, l.closeCtx, nil, time.Now().Add(sleep)); err != nil && !errors.Is(err, errWaitExpired) {
+		if err := waitChan(ctx, l.closeCtx, ch, deadline); err != nil {
+			if errors.Is(err, errWaitExpired) {
+				return nil, fmt.Errorf("%w: no free lock connection within the wait (MaxConns %d)", ErrTooManyLocks, l.cfg.MaxConns)
+			}
 			return nil, err
 		}
-		backoff = min(backoff*2, 50*time.Millisecond)
 	}
 }
 
