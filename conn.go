@@ -44,6 +44,8 @@ type lockConn struct {
 	parkCancel context.CancelFunc
 	wanters    atomic.Int32
 
+	pauseHeartbeats atomic.Bool // tests: simulate a stalled process
+
 	lastConfirmed atomic.Int64 // unix nanos at which the last confirmed round trip was sent
 	lastUse       atomic.Int64 // unix nanos
 	closed        chan struct{}
@@ -363,7 +365,7 @@ func (c *lockConn) watch() {
 			c.mu.Unlock()
 			continue
 		}
-		if time.Since(time.Unix(0, c.lastConfirmed.Load())) >= hb {
+		if time.Since(time.Unix(0, c.lastConfirmed.Load())) >= hb && !c.pauseHeartbeats.Load() {
 			if err := c.heartbeatLocked(); err != nil {
 				c.failLocked(err)
 				c.mu.Unlock()
@@ -371,6 +373,9 @@ func (c *lockConn) watch() {
 			}
 		}
 		next := time.Unix(0, c.lastConfirmed.Load()).Add(hb)
+		if c.pauseHeartbeats.Load() {
+			next = time.Now().Add(hb)
+		}
 		ctx, cancel := context.WithDeadline(context.Background(), next)
 		c.parkMu.Lock()
 		c.parkCancel = cancel
