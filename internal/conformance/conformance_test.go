@@ -1,0 +1,153 @@
+package conformance_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
+
+	"github.com/pgbaton/pgbaton"
+	"github.com/pgbaton/pgbaton/internal/conformance"
+	"github.com/pgbaton/pgbaton/pgbatontest"
+	"github.com/pgbaton/pgbaton/pgtest"
+)
+
+func TestMain(m *testing.M) {
+	code := pgtest.Run(m, pgtest.Options{})
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// TestFake runs the suite against the in-memory fake.
+func TestFake(t *testing.T) {
+	t.Parallel()
+	conformance.Run(t, func(t *testing.T) conformance.Env { return &fakeEnv{db: pgbatontest.NewDB()} })
+}
+
+// TestReal runs the same suite against pgbaton.Locker on PostgreSQL.
+func TestReal(t *testing.T) {
+	t.Parallel()
+	conformance.Run(t, func(t *testing.T) conformance.Env {
+		db, dsn := pgtest.Shared().NewDB(t)
+		return &realEnv{db: db, dsn: dsn}
+	})
+}
+
+type fakeEnv struct{ db *pgbatontest.DB }
+
+func (e *fakeEnv) NewLocker(t *testing.T) pgbaton.Interface {
+	l := e.db.NewLocker(pgbatontest.Options{Name: t.Name()})
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+func (e *fakeEnv) LoseKey(t *testing.T, k pgbaton.Key) {
+	if n := e.db.LoseKey(k, nil); n == 0 {
+		t.Fatalf("no lease on %q to lose", k)
+	}
+}
+
+func (e *fakeEnv) Waiting(t *testing.T, k pgbaton.Key) int { return e.db.Waiters(k) }
+
+type realEnv struct {
+	db, dsn string
+	n       int
+}
+
+func ctxFor(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func (e *realEnv) NewLocker(t *testing.T) pgbaton.Interface {
+	e.n++
+	l, err := pgbaton.New(ctxFor(t), pgbaton.Config{
+		ConnString:   e.dsn,
+		InstanceName: fmt.Sprintf("conf-%d", e.n),
+		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		MaxConns:     3,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+// keyWhere selects pg_locks rows of key $1 (int8 form) and space $2.
+const keyWhere = `locktype = 'advisory' AND objsubid = $2
+	AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+	AND ((classid::bigint << 32) | objid::bigint) = $1`
+
+func keyArgs(k pgbaton.Key) (int64, int) {
+	if _, _, pair := k.Pair(); pair {
+		return k.ID(), 2
+	}
+	return k.ID(), 1
+}
+
+func (e *realEnv) query(t *testing.T, q string, k pgbaton.Key, dst ...any) {
+	t.Helper()
+	c, err := pgx.Connect(ctxFor(t), e.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	id, sub := keyArgs(k)
+	rows, err := c.Query(ctxFor(t), q, id, sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := rows.Scan(dst...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// LoseKey terminates the backends holding k: how a real lease is lost.
+func (e *realEnv) LoseKey(t *testing.T, k pgbaton.Key) {
+	var pids []int
+	var pid int
+	c, err := pgx.Connect(ctxFor(t), e.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	id, sub := keyArgs(k)
+	rows, err := c.Query(ctxFor(t), "SELECT pid FROM pg_locks WHERE granted AND "+keyWhere, id, sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids, err = pgx.CollectRows(rows, pgx.RowTo[int])
+	if err != nil || len(pids) == 0 {
+		t.Fatalf("no holder of %q to terminate (%v)", k, err)
+	}
+	for _, pid = range pids {
+		if err := pgtest.Shared().TerminateBackend(ctxFor(t), pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (e *realEnv) Waiting(t *testing.T, k pgbaton.Key) int {
+	var n int
+	e.query(t, "SELECT count(*) FROM pg_locks WHERE NOT granted AND "+keyWhere, k, &n)
+	return n
+}

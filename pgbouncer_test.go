@@ -1,0 +1,133 @@
+package pgbaton
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgbaton/pgbaton/pgtest"
+)
+
+// PgBouncer findings, each pinned by a test below:
+//
+//   - Transaction mode: every transaction-scoped helper passes the same
+//     suite as direct connections, with pgx's default_query_exec_mode=exec
+//     (or simple_protocol). With pgx's default statement cache it fails:
+//     named prepared statements stay on a server connection another client
+//     then gets (42P05, or 26000 when the statement is missing).
+//   - Transaction mode: New refuses the pooler with ErrPoolerDetected
+//     (BackendKeyData's pid is PgBouncer's, not the backend's).
+//   - Session mode: New refuses it too unless Config.AllowPooler is set;
+//     with it, leases work and a terminated backend is reported as a loss.
+
+// bouncerTarget routes the transactions under test through b.
+func bouncerTarget(b *pgtest.PgBouncer) txTarget {
+	return txTarget{dsn: func(_, db string) string { return b.DSN(db) + " default_query_exec_mode=exec" }}
+}
+
+func TestPgBouncerTransactionModeTxHelpers(t *testing.T) {
+	t.Parallel()
+	b := pgtest.Shared().NewPgBouncer(t, pgtest.PoolTransaction)
+	runTxSuite(t, bouncerTarget(b))
+}
+
+// TestPgBouncerStatementCacheNeedsExecMode is the control for the exec-mode
+// requirement: with one server connection, a second client using pgx's
+// default statement cache collides with the first client's prepared
+// statement; in exec mode both succeed.
+func TestPgBouncerStatementCacheNeedsExecMode(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	db, _ := pgtest.Shared().NewDB(t)
+	b, err := pgtest.Shared().StartPgBouncer(ctx, pgtest.PgBouncerOptions{PoolMode: pgtest.PoolTransaction, PoolSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	lockOnce := func(dsn string) error {
+		c := adminConn(t, dsn)
+		return pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error { return TryLockTx(ctx, tx, KeyName("cache")) })
+	}
+	if err := lockOnce(b.DSN(db)); err != nil {
+		t.Fatalf("first client, statement cache: %v", err)
+	}
+	err = lockOnce(b.DSN(db))
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || (pgErr.Code != "42P05" && pgErr.Code != "26000") {
+		t.Fatalf("second client with pgx's statement cache through transaction pooling: %v, want 42P05 or 26000", err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := lockOnce(b.DSN(db) + " default_query_exec_mode=exec"); err != nil {
+			t.Fatalf("client %d in exec mode: %v", i, err)
+		}
+	}
+}
+
+func TestPgBouncerTransactionModeRefusesLocker(t *testing.T) {
+	t.Parallel()
+	db, _ := pgtest.Shared().NewDB(t)
+	b := pgtest.Shared().NewPgBouncer(t, pgtest.PoolTransaction)
+	for _, allow := range []bool{false, true} {
+		cfg := Config{ConnString: b.DSN(db), Logger: quietLogger(), InstanceName: "bouncer", AllowPooler: allow}
+		l, err := New(testCtx(t), cfg)
+		if !allow {
+			if !errors.Is(err, ErrPoolerDetected) || !strings.Contains(err.Error(), "ConnString") {
+				t.Fatalf("New through transaction pooling: %v, want ErrPoolerDetected naming the fix", err)
+			}
+			continue
+		}
+		// AllowPooler is documented as session-mode only: nothing can tell
+		// the modes apart, so it is the caller's promise.
+		if err != nil {
+			t.Fatalf("New with AllowPooler: %v", err)
+		}
+		_ = l.Close()
+	}
+}
+
+func TestPgBouncerSessionModeOptIn(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	db, direct := pgtest.Shared().NewDB(t)
+	b := pgtest.Shared().NewPgBouncer(t, pgtest.PoolSession)
+	_, err := New(ctx, Config{ConnString: b.DSN(db), Logger: quietLogger(), InstanceName: "bouncer"})
+	if !errors.Is(err, ErrPoolerDetected) {
+		t.Fatalf("New through session pooling without AllowPooler: %v, want ErrPoolerDetected", err)
+	}
+	allow := func(c *Config) { c.AllowPooler = true; fastLoss(c) }
+	l1 := newTestLocker(t, b.DSN(db), allow)
+	l2 := newTestLocker(t, b.DSN(db), allow)
+	k := KeyName("session-mode")
+	ls, err := l1.TryAcquire(ctx, k)
+	if err != nil {
+		t.Fatalf("TryAcquire through session pooling: %v", err)
+	}
+	if _, err := l2.TryAcquire(ctx, k); !errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("second Locker: %v, want ErrNotAcquired", err)
+	}
+	_, pid := ls.Conn()
+	hs := holders(t, adminConn(t, direct), k)
+	if len(hs) != 1 || hs[0].PID != int(pid) {
+		t.Fatalf("pg_locks holders %+v, want the lease's backend pid %d (the server's, not PgBouncer's)", hs, pid)
+	}
+	if err := ls.Release(); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	ls2, err := l2.Acquire(ctx, k, Wait(5*time.Second))
+	if err != nil {
+		t.Fatalf("second Locker after release: %v", err)
+	}
+	// Loss is not silent behind a session pooler either.
+	_, pid = ls2.Conn()
+	if err := pgtest.Shared().TerminateBackend(ctx, int(pid)); err != nil {
+		t.Fatal(err)
+	}
+	mustLose(t, ls2, 10*time.Second)
+	if got := len(holders(t, adminConn(t, direct), k)); got != 0 {
+		t.Fatalf("%d holders after the backend was terminated", got)
+	}
+}
