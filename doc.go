@@ -26,6 +26,19 @@
 // the server's FIFO queue, bounded by lock_timeout on that one statement;
 // [Locker.WithLock] runs a function under a lease.
 //
+// # Transaction-scoped locks
+//
+// Two patterns need no session lease at all. [LockTx] and [TryLockTx] (and
+// [LockSQLTx], [TryLockSQLTx] for database/sql) take pg_advisory_xact_lock in
+// the caller's own transaction: the lock and the work share one connection
+// and end together, so the lock also fences the work, and it works through
+// PgBouncer's transaction pooling. [Locker.WithXactLock] holds the lock in a
+// heartbeated transaction on a lock connection while the work runs on the
+// application's pool ([NewPool] builds one that fails fast when exhausted).
+// [Check] reports the connection budget and the settings that can end lock
+// sessions. Code that takes locks should depend on [Interface], which the
+// in-memory fake of package pgbatontest also implements.
+//
 // Leases are not re-entrant: each is an independent holder, so a second
 // request for a key the same Locker holds exclusively is ordinary contention,
 // decided in-process without a round trip.
@@ -55,8 +68,9 @@
 //   - The loss bound assumes the client's clock runs at the same rate as the
 //     server's and TCP settings reach the server (they do nothing over a unix
 //     socket, where a dead peer is reported at once anyway).
-//   - Locks are per database and live on the primary: pgbaton refuses hot
-//     standbys and connection poolers ([ErrHotStandby], [ErrPoolerDetected]).
+//   - Locks are per database and live on the primary: session leases refuse
+//     hot standbys and connection poolers ([ErrHotStandby],
+//     [ErrPoolerDetected]); behind a transaction pooler use [LockTx].
 //   - Waiting is FIFO in the server, except when every lock connection is
 //     busy: then Acquire polls with jittered backoff, still within its bound.
 package pgbaton
