@@ -113,4 +113,13 @@
 // one connection; of the server's port, every TCP client. It returns an
 // error wrapping ErrNetCutUnsupported when not root or when neither nft
 // nor iptables works (install the nftables package).
+//
+// # PgBouncer
+//
+// Cluster.StartPgBouncer (or NewPgBouncer in a test) runs a real PgBouncer
+// (Debian package pgbouncer; PGTEST_PGBOUNCER names another binary) in
+// front of the cluster on loopback, in transaction or session pooling mode,
+// under the same watchdog as the cluster. Through transaction pooling, pgx
+// needs default_query_exec_mode=exec (or simple_protocol) in the connection
+// string: its default statement cache fails there.
 package pgtest
