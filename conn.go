@@ -331,6 +331,20 @@ func (c *lockConn) heartbeatLocked() error {
 	return nil
 }
 
+// refresh confirms the connection with a fresh round trip when its last
+// confirmation is old, as after a long blocking wait: the wait's answer only
+// proves the connection was alive when the wait began, and a lease handed
+// out on that proof alone could start out already past its bound.
+func (c *lockConn) refresh() error {
+	if time.Until(c.bound()) > c.l.cfg.LeaseTimeout/2 {
+		return nil
+	}
+	return c.do(time.Now().Add(c.l.cfg.LeaseTimeout), func(ctx context.Context) error {
+		_, err := c.pg.Exec(ctx, "SELECT 1").ReadAll()
+		return err
+	})
+}
+
 func (c *lockConn) hasLeasesOrWaiting() bool {
 	c.l.mu.Lock()
 	defer c.l.mu.Unlock()

@@ -416,6 +416,9 @@ func (l *Locker) blockingWait(ctx context.Context, c *lockConn, key Key, mode Mo
 	stop()
 	gaveUp := context.Cause(wctx)
 	cancel(nil)
+	if err == nil {
+		err = c.refresh()
+	}
 	if err == nil && gaveUp != nil {
 		// Granted just as the caller gave up: hand it back.
 		if _, uerr := c.unlockKey(key, mode); uerr != nil {

@@ -269,3 +269,50 @@ func TestLossReportedBeforeServerFrees(t *testing.T) {
 		t.Fatalf("Err = %v", ls.Err())
 	}
 }
+
+// A lease granted after a wait longer than LeaseTimeout starts with a fresh
+// bound: the wait's answer alone only proves the connection was alive when
+// the wait began.
+func TestLongWaitGrantIsNotBornLost(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared().NewDatabase(t)
+	ctx := testCtx(t)
+	holder := newTestLocker(t, dsn)
+	waiter := newTestLocker(t, dsn, fastLoss)
+	k := KeyName("long-wait")
+	ls, err := holder.TryAcquire(ctx, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	granted := make(chan *Lease, 1)
+	go func() {
+		got, err := waiter.Acquire(ctx, k, Wait(30*time.Second))
+		if err != nil {
+			t.Error(err)
+		}
+		granted <- got
+	}()
+	admin := adminConn(t, dsn)
+	waitFor(t, 10*time.Second, "the waiter to queue", func() bool {
+		var n int
+		_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").Scan(&n)
+		return n == 1
+	})
+	// Hold for twice the waiter's lease bound.
+	time.Sleep(2 * waiter.Config().LeaseTimeout)
+	if err := ls.Release(); err != nil {
+		t.Fatal(err)
+	}
+	got := <-granted
+	if got == nil {
+		return
+	}
+	select {
+	case <-got.Done():
+		t.Fatalf("lease granted after a long wait was lost at once: %v", got.Err())
+	case <-time.After(3 * waiter.Config().LeaseTimeout):
+	}
+	if err := got.Release(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -54,6 +54,9 @@ func (l *Locker) WithXactLock(ctx context.Context, key Key, fn func(ctx context.
 		return err
 	}
 	token, err := c.beginXactLock(ctx, l.closeCtx, key, o.mode, time.Until(deadline))
+	if err == nil {
+		err = c.refresh()
+	}
 	if err != nil {
 		l.done(c)
 		l.unreserve(key.ident())
