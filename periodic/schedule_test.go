@@ -1,0 +1,188 @@
+package periodic_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgbaton/pgbaton/periodic"
+)
+
+func mustLoc(t *testing.T, name string) *time.Location {
+	t.Helper()
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loc
+}
+
+func ticks(s periodic.Schedule, from time.Time, n int) []time.Time {
+	var out []time.Time
+	for t := s.Next(from); len(out) < n; t = s.Next(t) {
+		out = append(out, t)
+	}
+	return out
+}
+
+func TestEveryGridIsAlignedAndIndependentOfStart(t *testing.T) {
+	t.Parallel()
+	s := periodic.Every(6 * time.Hour)
+	base := time.Date(2026, 4, 17, 18, 55, 3, 0, time.UTC)
+	got := ticks(s, base, 3)
+	want := []time.Time{
+		time.Date(2026, 4, 18, 0, 0, 0, 0, time.UTC),
+		time.Date(2026, 4, 18, 6, 0, 0, 0, time.UTC),
+		time.Date(2026, 4, 18, 12, 0, 0, 0, time.UTC),
+	}
+	for i := range want {
+		if !got[i].Equal(want[i]) {
+			t.Errorf("tick %d = %s, want %s", i, got[i], want[i])
+		}
+	}
+	// Two instances starting at different moments compute the same grid.
+	a := ticks(s, base.Add(-time.Hour), 2)
+	b := ticks(s, base.Add(3*time.Minute), 1)
+	if !a[1].Equal(b[0]) {
+		t.Errorf("grids differ: %s vs %s", a[1], b[0])
+	}
+	// Next is strict, Prev is strict.
+	tick := want[0]
+	if n := s.Next(tick); !n.Equal(want[1]) {
+		t.Errorf("Next(on a tick) = %s, want %s", n, want[1])
+	}
+	if p := s.Prev(tick); !p.Equal(tick.Add(-6 * time.Hour)) {
+		t.Errorf("Prev(on a tick) = %s, want %s", p, tick.Add(-6*time.Hour))
+	}
+	if p := s.Prev(tick.Add(time.Nanosecond)); !p.Equal(tick) {
+		t.Errorf("Prev(just after a tick) = %s, want %s", p, tick)
+	}
+	// Thirty seconds: :00 and :30 of every minute.
+	got = ticks(periodic.Every(30*time.Second), time.Date(2026, 1, 1, 0, 0, 7, 0, time.UTC), 2)
+	if got[0].Second() != 30 || got[1].Second() != 0 {
+		t.Errorf("Every(30s) ticks %v, want :30 and :00", got)
+	}
+}
+
+func TestEveryOffsetAndLocalMidnight(t *testing.T) {
+	t.Parallel()
+	daily3 := periodic.Every(24 * time.Hour).Offset(3 * time.Hour)
+	if got := daily3.Next(time.Date(2026, 5, 1, 4, 0, 0, 0, time.UTC)); !got.Equal(time.Date(2026, 5, 2, 3, 0, 0, 0, time.UTC)) {
+		t.Errorf("daily at 03:00 UTC: next %s", got)
+	}
+	paris := mustLoc(t, "Europe/Paris")
+	daily2 := periodic.Every(24 * time.Hour).Offset(2 * time.Hour).In(paris)
+	// Ticks are local midnight plus the offset as a duration: 02:00 on
+	// ordinary days; on the spring-forward day (29 March 2026, 02:00 does
+	// not exist) midnight + 2h is 03:00 CEST.
+	got := ticks(daily2, time.Date(2026, 3, 27, 12, 0, 0, 0, paris), 3)
+	for i, wantHour := range []int{2, 3, 2} {
+		if l := got[i].In(paris); l.Hour() != wantHour || l.Minute() != 0 || l.Day() != 28+i {
+			t.Errorf("tick %d at %s local, want day %d %02d:00", i, l, 28+i, wantHour)
+		}
+	}
+	hourly := periodic.Every(time.Hour).In(paris)
+	n := 0
+	day := time.Date(2026, 10, 25, 0, 0, 0, 0, paris) // 25-hour day
+	for x := hourly.Next(day.Add(-time.Nanosecond)); x.Before(time.Date(2026, 10, 26, 0, 0, 0, 0, paris)); x = hourly.Next(x) {
+		n++
+	}
+	if n != 25 {
+		t.Errorf("hourly ticks on the 25-hour day: %d, want 25", n)
+	}
+	for _, x := range ticks(hourly, day, 30) {
+		if p := hourly.Prev(hourly.Next(x)); !p.Equal(x) {
+			t.Fatalf("Prev(Next(%s)) = %s", x, p)
+		}
+	}
+}
+
+func TestEveryJitterIsDeterministicAndBounded(t *testing.T) {
+	t.Parallel()
+	s := periodic.Every(time.Minute).Jitter(10 * time.Second)
+	tick := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	seen := map[time.Duration]bool{}
+	for i := 0; i < 100; i++ {
+		tk := tick.Add(time.Duration(i) * time.Minute)
+		d := periodic.FireAt(s, "job", tk).Sub(tk)
+		if d < 0 || d >= 10*time.Second || d%time.Microsecond != 0 {
+			t.Fatalf("jitter %s out of [0, 10s) or finer than 1µs", d)
+		}
+		if again := periodic.FireAt(s, "job", tk); !again.Equal(tk.Add(d)) {
+			t.Fatal("jitter is not deterministic")
+		}
+		seen[d] = true
+	}
+	if len(seen) < 50 {
+		t.Errorf("only %d distinct delays over 100 ticks", len(seen))
+	}
+	if periodic.FireAt(s, "a", tick).Equal(periodic.FireAt(s, "b", tick)) {
+		t.Errorf("two jobs got the same delay (possible, but unlikely enough to mean the job is ignored)")
+	}
+}
+
+func TestScheduleErrorsNameTheFix(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		s    periodic.Schedule
+		want string
+	}{
+		{periodic.Every(time.Millisecond), "at least 10ms"},
+		{periodic.Every(1500*time.Millisecond + 500*time.Microsecond), "whole number of milliseconds"},
+		{periodic.Every(time.Hour).Offset(2 * time.Hour), "offset"},
+		{periodic.Every(7 * time.Hour).In(time.UTC), "divide 24h"},
+		{periodic.Every(time.Second).Jitter(time.Second), "jitter"},
+		{periodic.MustCron("* * * * *").Jitter(2 * time.Minute), "jitter"},
+		{periodic.CronSchedule{}, "zero CronSchedule"},
+	} {
+		err := c.s.(interface{ Err() error }).Err()
+		if !errors.Is(err, periodic.ErrInvalidSchedule) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: err %v, want ErrInvalidSchedule mentioning %q", c.s, err, c.want)
+		}
+	}
+	for _, expr := range []string{"@every 5m", "61 * * * *", "* * *", "CRON_TZ=Mars/Olympus 0 * * * *"} {
+		if _, err := periodic.Cron(expr); !errors.Is(err, periodic.ErrInvalidSchedule) {
+			t.Errorf("Cron(%q): err %v, want ErrInvalidSchedule", expr, err)
+		}
+	}
+}
+
+func TestCronZonesAndDST(t *testing.T) {
+	t.Parallel()
+	// UTC unless a zone is given: never the machine's zone.
+	c := periodic.MustCron("30 3 * * *")
+	if got := c.Next(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)); !got.Equal(time.Date(2026, 1, 1, 3, 30, 0, 0, time.UTC)) {
+		t.Errorf("UTC default: %s", got)
+	}
+	tokyo := periodic.MustCron("CRON_TZ=Asia/Tokyo 0 9 * * *")
+	if got := tokyo.Next(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)); !got.Equal(time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("Tokyo 09:00: %s", got)
+	}
+	ny := mustLoc(t, "America/New_York")
+	// 02:30 does not exist on 8 March 2026 in New York: it fires once,
+	// after the change, and the day is not skipped.
+	daily := periodic.MustCron("30 2 * * *").In(ny)
+	got := ticks(daily, time.Date(2026, 3, 7, 12, 0, 0, 0, ny), 2)
+	if d := got[0].In(ny); d.Day() != 8 {
+		t.Errorf("spring-forward day skipped: first tick %s", d)
+	}
+	if d := got[1].In(ny); d.Day() != 9 || d.Hour() != 2 || d.Minute() != 30 {
+		t.Errorf("day after: %s", d)
+	}
+	// Vixie cron: day-of-month OR day-of-week.
+	fri13 := periodic.MustCron("0 0 13 * 5")
+	got = ticks(fri13, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), 3)
+	if got[0].Day() != 2 || got[1].Day() != 9 || got[2].Day() != 13 {
+		t.Errorf("0 0 13 * 5: %v, want Jan 2 (Fri), 9 (Fri), 13 (13th)", got)
+	}
+	// Prev agrees with Next.
+	h := periodic.MustCron("*/15 * * * *")
+	x := time.Date(2026, 11, 1, 5, 7, 0, 0, time.UTC)
+	if p := h.Prev(x); !p.Equal(time.Date(2026, 11, 1, 5, 0, 0, 0, time.UTC)) {
+		t.Errorf("Prev = %s", p)
+	}
+	if p := h.Prev(time.Date(2026, 11, 1, 5, 15, 0, 0, time.UTC)); !p.Equal(time.Date(2026, 11, 1, 5, 0, 0, 0, time.UTC)) {
+		t.Errorf("Prev(on a tick) = %s, want strictly before", p)
+	}
+}
