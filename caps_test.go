@@ -233,3 +233,40 @@ func TestClose(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "the server to free the closed Locker's lock", func() bool { return len(holders(t, admin, KeyName("held"))) == 0 })
 }
+
+// Connections opened for a burst are closed once idle; the last one stays.
+func TestIdleConnectionsRetire(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared().NewDatabase(t)
+	ctx := testCtx(t)
+	l := newTestLocker(t, dsn, func(c *Config) { c.MaxConns = 4; c.MaxConnIdleTime = 200 * time.Millisecond })
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range 4 { // a burst of concurrent waits opens several connections
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			ls, err := l.Acquire(ctx, KeyInt64(int64(i)), Wait(time.Second))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			_ = ls.Release()
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if n := l.Stats().Conns; n < 2 {
+		t.Fatalf("the burst opened %d connections; the test needs at least 2", n)
+	}
+	waitFor(t, 10*time.Second, "idle connections to retire", func() bool { return l.Stats().Conns == 1 })
+	if st := l.Stats(); st.Lost != 0 {
+		t.Fatalf("retiring counted as loss: %+v", st)
+	}
+	ls, err := l.TryAcquire(ctx, KeyName("after-retire"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = ls.Release()
+}

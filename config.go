@@ -26,6 +26,9 @@ type Config struct {
 	// statement on a session pays for each lock it holds (about 0.13 µs
 	// each), so keep it well under 1,000. Default 64.
 	MaxLocksPerConn int
+	// MaxConnIdleTime closes a lock connection that has carried no lease
+	// for this long (the Locker keeps at least one). Default 1m.
+	MaxConnIdleTime time.Duration
 	// MaxHeldKeys bounds the distinct keys the Locker holds at once, so one
 	// process cannot fill PostgreSQL's shared lock table. Default and maximum
 	// MaxConns × MaxLocksPerConn.
@@ -98,6 +101,7 @@ const (
 	DefaultMaxConns                      = 10
 	DefaultMaxLocksPerConn               = 64
 	DefaultAcquireTimeout                = 30 * time.Second
+	DefaultMaxConnIdleTime               = time.Minute
 	DefaultConnectTimeout                = 10 * time.Second
 	DefaultReleaseTimeout                = 5 * time.Second
 	DefaultHeartbeatInterval             = time.Second
@@ -138,6 +142,7 @@ func (c Config) withDefaults() Config {
 		c.MaxHeldKeys = c.MaxConns * c.MaxLocksPerConn
 	}
 	def(&c.AcquireTimeout, DefaultAcquireTimeout)
+	def(&c.MaxConnIdleTime, DefaultMaxConnIdleTime)
 	def(&c.ConnectTimeout, DefaultConnectTimeout)
 	def(&c.ReleaseTimeout, DefaultReleaseTimeout)
 	def(&c.HeartbeatInterval, DefaultHeartbeatInterval)
@@ -187,7 +192,7 @@ func (c Config) resolve() (Config, error) {
 		name string
 		v    time.Duration
 	}{
-		{"AcquireTimeout", c.AcquireTimeout}, {"ConnectTimeout", c.ConnectTimeout},
+		{"AcquireTimeout", c.AcquireTimeout}, {"ConnectTimeout", c.ConnectTimeout}, {"MaxConnIdleTime", c.MaxConnIdleTime},
 		{"ReleaseTimeout", c.ReleaseTimeout}, {"HeartbeatInterval", c.HeartbeatInterval},
 		{"LeaseTimeout", c.LeaseTimeout}, {"KeepaliveIdle", c.KeepaliveIdle}, {"XactIdleTimeout", c.XactIdleTimeout},
 		{"KeepaliveInterval", c.KeepaliveInterval}, {"TCPUserTimeout", c.TCPUserTimeout},
@@ -196,7 +201,7 @@ func (c Config) resolve() (Config, error) {
 		if f.v < 0 {
 			return bad(f.name, "negative (%s); use a positive duration or 0 for the default", f.v)
 		}
-		if f.v%time.Millisecond != 0 && f.name != "AcquireTimeout" && f.name != "ConnectTimeout" && f.name != "ReleaseTimeout" {
+		if f.v%time.Millisecond != 0 && f.name != "AcquireTimeout" && f.name != "ConnectTimeout" && f.name != "ReleaseTimeout" && f.name != "MaxConnIdleTime" {
 			return bad(f.name, "%s is not a whole number of milliseconds, the server's resolution", f.v)
 		}
 	}

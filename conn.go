@@ -379,6 +379,11 @@ func (c *lockConn) watch() {
 			c.mu.Unlock()
 			continue
 		}
+		if idle >= c.l.cfg.MaxConnIdleTime && c.l.retire(c) {
+			c.failLocked(errRetired)
+			c.mu.Unlock()
+			return
+		}
 		if time.Since(time.Unix(0, c.lastConfirmed.Load())) >= hb && !c.pauseHeartbeats.Load() {
 			if err := c.heartbeatLocked(); err != nil {
 				c.failLocked(err)
@@ -440,7 +445,7 @@ func (c *lockConn) failLocked(cause error) {
 		_ = c.pg.Close(ctx) // the connection is being discarded; the cause is what matters
 		cancel()
 		lost := &connLostError{Conn: c.name, PID: c.pid, Cause: cause}
-		if !errors.Is(cause, ErrLockerClosed) {
+		if !errors.Is(cause, ErrLockerClosed) && cause != errRetired {
 			l.log.Warn("pgbaton: lock connection lost", "conn", c.name, "backend_pid", c.pid, "leases", len(leases), "err", cause)
 		}
 		l.stats.lost.Add(int64(len(leases)))
@@ -448,6 +453,22 @@ func (c *lockConn) failLocked(cause error) {
 			ls.lose(lost)
 		}
 	})
+}
+
+// errRetired closes a lock connection that stayed empty and idle for
+// Config.MaxConnIdleTime.
+var errRetired = errors.New("idle lock connection retired")
+
+// retire marks c dead if it is empty, idle and not the Locker's last
+// connection, so nothing picks it while it closes.
+func (l *Locker) retire(c *lockConn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(c.leases) > 0 || c.waiting || c.inflight > 0 || len(l.conns) <= 1 {
+		return false
+	}
+	c.dead = true
+	return true
 }
 
 func isCode(err error, code string) bool {
