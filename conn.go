@@ -36,6 +36,7 @@ type lockConn struct {
 	prepared [nStmtKinds][2][3]bool
 
 	leases   map[*Lease]struct{} // (l.mu)
+	nleases  atomic.Int32        // len(leases), readable without l.mu
 	waiting  bool                // (l.mu) in a blocking wait; not selectable
 	inflight int                 // (l.mu) operations picked for this conn
 	dead     bool                // (l.mu)
@@ -213,10 +214,12 @@ func (c *lockConn) do(deadline time.Time, fn func(ctx context.Context) error) er
 	return err
 }
 
-func (c *lockConn) hasLeases() bool {
-	c.l.mu.Lock()
-	defer c.l.mu.Unlock()
-	return len(c.leases) > 0
+func (c *lockConn) hasLeases() bool { return c.nleases.Load() > 0 }
+
+// addLeaseLocked records ls on c; l.mu must be held.
+func (c *lockConn) addLeaseLocked(ls *Lease) {
+	c.leases[ls] = struct{}{}
+	c.nleases.Store(int32(len(c.leases)))
 }
 
 // prepare makes sure statement s exists on the session. c.mu must be held.
@@ -346,9 +349,12 @@ func (c *lockConn) refresh() error {
 }
 
 func (c *lockConn) hasLeasesOrWaiting() bool {
+	if c.hasLeases() {
+		return true
+	}
 	c.l.mu.Lock()
 	defer c.l.mu.Unlock()
-	return len(c.leases) > 0 || c.waiting
+	return c.waiting
 }
 
 // watch parks the idle connection on its socket, so a terminated backend, a
@@ -375,7 +381,10 @@ func (c *lockConn) watch() {
 			c.mu.Unlock()
 			return
 		}
-		if c.wanters.Load() > 0 {
+		// Someone wants the connection, or used it while this goroutine
+		// waited for c.mu (a long wait): parking now would only make the
+		// next statement interrupt the park.
+		if c.wanters.Load() > 0 || time.Since(time.Unix(0, c.lastUse.Load())) < parkDelay {
 			c.mu.Unlock()
 			continue
 		}
@@ -439,11 +448,24 @@ func (c *lockConn) failLocked(cause error) {
 			l.unreserveLocked(ls.key.ident())
 		}
 		c.leases = nil
+		c.nleases.Store(0)
+		// pgconn may finish closing in a goroutine of its own (after a
+		// timed-out statement); Close waits for it, bounded.
+		l.wg.Add(1)
 		l.mu.Unlock()
 		close(c.closed)
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		_ = c.pg.Close(ctx) // the connection is being discarded; the cause is what matters
 		cancel()
+		go func() {
+			defer l.wg.Done()
+			t := time.NewTimer(15 * time.Second)
+			defer t.Stop()
+			select {
+			case <-c.pg.CleanupDone():
+			case <-t.C:
+			}
+		}()
 		lost := &connLostError{Conn: c.name, PID: c.pid, Cause: cause}
 		if !errors.Is(cause, ErrLockerClosed) && cause != errRetired {
 			l.log.Warn("pgbaton: lock connection lost", "conn", c.name, "backend_pid", c.pid, "leases", len(leases), "err", cause)
@@ -495,6 +517,7 @@ func (b connBackend) Forget(ls *Lease) bool {
 	_, mine := c.leases[ls]
 	if mine {
 		delete(c.leases, ls)
+		c.nleases.Store(int32(len(c.leases)))
 		l.unreserveLocked(ls.key.ident())
 		l.notifyLocked()
 	}

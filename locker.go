@@ -67,6 +67,7 @@ type Locker struct {
 	closed  bool
 	connSeq int64
 	avail   chan struct{} // closed (and replaced) when connection capacity may have changed
+	waited  bool          // someone holds avail to wait on it
 
 	closeCtx    context.Context
 	closeCancel context.CancelCauseFunc
@@ -86,7 +87,7 @@ type Locker struct {
 type hold struct {
 	mode Mode
 	n    int
-	free chan struct{} // closed when n drops to 0
+	free chan struct{} // made when someone waits; closed when n drops to 0
 }
 
 // New opens a Locker and its first lock connection, so a bad connection
@@ -122,8 +123,17 @@ func (l *Locker) Config() Config { return l.cfg }
 
 // notifyLocked wakes callers waiting for a connection.
 func (l *Locker) notifyLocked() {
-	close(l.avail)
-	l.avail = make(chan struct{})
+	if l.waited {
+		close(l.avail)
+		l.avail = make(chan struct{})
+		l.waited = false
+	}
+}
+
+// availLocked returns the channel closed at the next capacity change.
+func (l *Locker) availLocked() <-chan struct{} {
+	l.waited = true
+	return l.avail
 }
 
 func (l *Locker) addConnLocked(c *lockConn) {
@@ -157,9 +167,12 @@ func (l *Locker) reserve(id ident, mode Mode) (<-chan struct{}, error) {
 		if len(l.held) >= l.cfg.MaxHeldKeys {
 			return nil, fmt.Errorf("%w: %d distinct keys held (Config.MaxHeldKeys)", ErrTooManyLocks, len(l.held))
 		}
-		h = &hold{mode: mode, free: make(chan struct{})}
+		h = &hold{mode: mode}
 		l.held[id] = h
 	case h.mode == Exclusive || mode == Exclusive:
+		if h.free == nil {
+			h.free = make(chan struct{})
+		}
 		return h.free, nil
 	}
 	h.n++
@@ -179,7 +192,9 @@ func (l *Locker) unreserveLocked(id ident) {
 	}
 	if h.n--; h.n <= 0 {
 		delete(l.held, id)
-		close(h.free)
+		if h.free != nil {
+			close(h.free)
+		}
 	}
 }
 
@@ -211,7 +226,7 @@ func (l *Locker) pick(ctx context.Context, deadline time.Time) (*lockConn, error
 			l.mu.Unlock()
 			return nil, fmt.Errorf("%w: every lock connection is full (MaxConns %d × MaxLocksPerConn %d)", ErrTooManyLocks, l.cfg.MaxConns, l.cfg.MaxLocksPerConn)
 		}
-		ch := l.avail
+		ch := l.availLocked()
 		l.mu.Unlock()
 		if err := waitChan(ctx, l.closeCtx, ch, deadline); err != nil {
 			if errors.Is(err, errWaitExpired) {
@@ -485,7 +500,7 @@ func (l *Locker) grant(c *lockConn, key Key, mode Mode, start time.Time, token i
 		ls.cancel(nil)
 		return nil, l.lockErr(key, c.failedErr())
 	}
-	c.leases[ls] = struct{}{}
+	c.addLeaseLocked(ls)
 	l.mu.Unlock()
 	l.stats.acquired.Add(1)
 	if waited := now.Sub(start); waited > time.Millisecond {

@@ -25,13 +25,20 @@ type stmtID struct {
 	fence string // quoted sequence name when the session draws fencing tokens
 }
 
-func (s stmtID) name() string {
-	n := "pgbaton_" + strconv.Itoa(int(s.kind)) + "_" + strconv.Itoa(int(s.mode)) + "_" + strconv.Itoa(int(s.space))
-	if s.fence != "" && s.kind != stmtUnlock {
-		n += "_f"
+// stmtNames[kind][mode][space][fenced] are the prepared statements' names.
+var stmtNames = func() (names [nStmtKinds][2][3][2]string) {
+	for k := range names {
+		for m := range names[k] {
+			for sp := range names[k][m] {
+				n := "pgbaton_" + strconv.Itoa(k) + "_" + strconv.Itoa(m) + "_" + strconv.Itoa(sp)
+				names[k][m][sp] = [2]string{n, n + "_f"}
+			}
+		}
 	}
-	return n
-}
+	return names
+}()
+
+func (s stmtID) name() string { return stmtNames[s.kind][s.mode][s.space][s.fenced()] }
 
 func (s stmtID) fenced() int {
 	if s.fence != "" && s.kind != stmtUnlock {

@@ -79,7 +79,7 @@ func (l *Locker) WithXactLock(ctx context.Context, key Key, fn func(ctx context.
 		l.done(c)
 		return l.lockErr(key, c.failedErr())
 	}
-	c.leases[ls] = struct{}{}
+	c.addLeaseLocked(ls)
 	l.mu.Unlock()
 	l.stats.acquired.Add(1)
 
@@ -97,7 +97,7 @@ func (l *Locker) WithXactLock(ctx context.Context, key Key, fn func(ctx context.
 func (l *Locker) pickEmptyUntil(ctx context.Context, deadline time.Time) (*lockConn, error) {
 	for {
 		l.mu.Lock()
-		ch := l.avail
+		ch := l.availLocked()
 		l.mu.Unlock()
 		c, err := l.pickEmpty(ctx)
 		if c != nil || err != nil {
