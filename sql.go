@@ -15,6 +15,7 @@ const (
 	stmtTry stmtKind = iota
 	stmtWait
 	stmtUnlock
+	stmtXact // the lock of WithXactLock, after BEGIN in the same pipeline
 	nStmtKinds
 )
 
@@ -79,6 +80,15 @@ func (s stmtID) sql() string {
 			q += ", nextval('" + s.fence + "')"
 		}
 		return q
+	case stmtXact:
+		// Inside the transaction BEGIN opened: both settings last until
+		// COMMIT. idle_in_transaction_session_timeout lets the server reap
+		// the transaction if this process stops heartbeating it.
+		q := "SELECT set_config('idle_in_transaction_session_timeout', $1::text, true), set_config('lock_timeout', $2::text, true), pg_advisory_xact_lock" + sfx + "(" + keyArgs(s.space, 3) + ")"
+		if s.fence != "" {
+			q += ", nextval('" + s.fence + "')"
+		}
+		return q
 	case stmtUnlock:
 		// Guarded: it can only unlock on the backend that took the lock.
 		return "SELECT CASE WHEN pg_backend_pid() = $1::int4 THEN pg_advisory_unlock" + sfx + "(" + keyArgs(s.space, 2) + ") END"
@@ -102,6 +112,7 @@ var (
 	fmtBinary1 = []int16{1}
 	fmtBinary  = []int16{1, 1, 1}
 	fmtWait    = []int16{0, 1, 1}
+	fmtXact    = []int16{0, 0, 1, 1}
 )
 
 // pgMillis renders d for lock_timeout, at least 1ms (0 would mean forever).

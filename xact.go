@@ -113,37 +113,34 @@ func (l *Locker) pickEmptyUntil(ctx context.Context, deadline time.Time) (*lockC
 }
 
 // beginXactLock opens a transaction and takes the xact lock in one round
-// trip. On failure the transaction is rolled back.
+// trip: BEGIN and a prepared lock statement in one pipeline. On failure the
+// transaction is rolled back.
 func (c *lockConn) beginXactLock(ctx, closeCtx context.Context, k Key, mode Mode, wait time.Duration) (token int64, err error) {
-	fn := "pg_advisory_xact_lock"
-	if mode == Shared {
-		fn += "_shared"
-	}
-	args := strconv.FormatInt(k.id, 10)
-	if a, b, ok := k.Pair(); ok {
-		args = strconv.Itoa(int(a)) + ", " + strconv.Itoa(int(b))
-	}
-	sql := "BEGIN; SET LOCAL idle_in_transaction_session_timeout = " + strconv.FormatInt(c.l.cfg.XactIdleTimeout.Milliseconds(), 10) +
-		"; SELECT set_config('lock_timeout', '" + pgMillis(wait) + "', true), " + fn + "(" + args + ")"
-	if c.fence != "" {
-		sql += ", nextval('" + c.fence + "')"
-	}
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stopClose := context.AfterFunc(closeCtx, func() { cancel(ErrLockerClosed) })
 	defer stopClose()
 	deadline := time.Now().Add(wait + c.l.cfg.LeaseTimeout)
 	err = c.do(deadline, func(opCtx context.Context) error {
-		var results []*pgconn.Result
-		var err error
+		s := stmtID{stmtXact, mode, k.space, c.fence}
+		if err := c.prepare(opCtx, s); err != nil {
+			return err
+		}
+		params := append([][]byte{
+			[]byte(pgMillis(c.l.cfg.XactIdleTimeout)),
+			[]byte(pgMillis(wait)),
+		}, keyParams(k)...)
+		var batch pgconn.Batch
+		batch.ExecParams("BEGIN", nil, nil, nil, nil)
+		batch.ExecPrepared(s.name(), params, fmtXact[:len(params)], nil)
 		cancelled := c.cancelOn(wctx)
-		results, err = c.pg.Exec(opCtx, sql).ReadAll()
+		results, err := c.pg.ExecBatch(opCtx, &batch).ReadAll()
 		cancelled(opCtx)
 		if err == nil && c.fence != "" {
-			if len(results) != 3 || len(results[2].Rows) != 1 || len(results[2].Rows[0]) != 3 {
+			if len(results) != 2 || len(results[1].Rows) != 1 || len(results[1].Rows[0]) != 4 {
 				err = errors.New("pgbaton: unexpected answer to BEGIN and lock")
 			} else {
-				token, _ = strconv.ParseInt(string(results[2].Rows[0][2]), 10, 64)
+				token, _ = strconv.ParseInt(string(results[1].Rows[0][3]), 10, 64)
 			}
 		}
 		if err != nil && c.pg.TxStatus() != 'I' && !c.pg.IsClosed() {
