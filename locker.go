@@ -413,10 +413,11 @@ func (l *Locker) acquireReserved(ctx context.Context, key Key, o acquireOptions,
 		if o.wait == 0 {
 			return nil, l.busy(key, o.mode, 0, false)
 		}
-		sleep := backoff/2 + rand.N(backoff)
-		if time.Until(deadline) < sleep {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return nil, l.busy(key, o.mode, time.Since(start), false)
 		}
+		sleep := min(backoff/2+rand.N(backoff), left) // the last try is at the deadline
 		if err := waitChan(ctx, l.closeCtx, nil, time.Now().Add(sleep)); err != nil && !errors.Is(err, errWaitExpired) {
 			return nil, l.waitEnded(ctx, key, o.mode, time.Since(start), err)
 		}

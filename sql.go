@@ -115,9 +115,10 @@ var (
 	fmtXact    = []int16{0, 0, 1, 1}
 )
 
-// pgMillis renders d for lock_timeout, at least 1ms (0 would mean forever).
+// pgMillis renders d for lock_timeout, rounded up so a wait is never
+// shorter than asked, and at least 1ms (0 would mean forever).
 func pgMillis(d time.Duration) string {
-	ms := d.Milliseconds()
+	ms := (d + time.Millisecond - 1).Milliseconds()
 	if ms < 1 {
 		ms = 1
 	}
