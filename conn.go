@@ -467,7 +467,7 @@ func (c *lockConn) failLocked(cause error) {
 			}
 		}()
 		lost := &connLostError{Conn: c.name, PID: c.pid, Cause: cause}
-		if !errors.Is(cause, ErrLockerClosed) && cause != errRetired {
+		if !errors.Is(cause, ErrLockerClosed) && !errors.Is(cause, errRetired) {
 			l.log.Warn("pgbaton: lock connection lost", "conn", c.name, "backend_pid", c.pid, "leases", len(leases), "err", cause)
 		}
 		l.stats.lost.Add(int64(len(leases)))

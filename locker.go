@@ -447,6 +447,8 @@ func (l *Locker) blockingWait(ctx context.Context, c *lockConn, key Key, mode Mo
 		switch {
 		case isCode(err, "55P03"):
 			return nil, l.busy(key, mode, time.Since(start), false)
+		case errors.Is(gaveUp, ErrLockerClosed) || l.closeCtx.Err() != nil:
+			return nil, ErrLockerClosed
 		case gaveUp != nil && c.failedErr() == nil:
 			return nil, l.waitEnded(ctx, key, mode, time.Since(start), gaveUp)
 		}

@@ -145,7 +145,7 @@ func TestLossOnRestartAndCrash(t *testing.T) {
 		if err := f.inject(); err != nil {
 			t.Fatalf("%s: %v", f.name, err)
 		}
-		mustLose(t, ls, 10*time.Second)
+		_ = mustLose(t, ls, 10*time.Second) // it has already checked the error is ErrLeaseLost
 		var again *Lease
 		waitFor(t, 20*time.Second, "the locker to take a lock again after "+f.name, func() bool {
 			again, err = l.TryAcquire(ctx, KeyName(f.name))

@@ -109,6 +109,10 @@ func (l *Locker) Migrate(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConnect, err)
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer func() {
+		// The migration's own result is what the caller needs; a failed close
+		// only drops this short-lived connection.
+		_ = conn.Close(context.WithoutCancel(ctx))
+	}()
 	return Migrate(ctx, conn, l.cfg.Schema)
 }

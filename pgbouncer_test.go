@@ -126,7 +126,7 @@ func TestPgBouncerSessionModeOptIn(t *testing.T) {
 	if err := pgtest.Shared().TerminateBackend(ctx, int(pid)); err != nil {
 		t.Fatal(err)
 	}
-	mustLose(t, ls2, 10*time.Second)
+	_ = mustLose(t, ls2, 10*time.Second) // it has already checked the error is ErrLeaseLost
 	if got := len(holders(t, adminConn(t, direct), k)); got != 0 {
 		t.Fatalf("%d holders after the backend was terminated", got)
 	}

@@ -172,7 +172,7 @@ func NewPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 		cfg.Configure(pc)
 	}
 	// The liveness check runs first, then the caller's own hook if any.
-	userPrepare, userBefore := pc.PrepareConn, pc.BeforeAcquire
+	userPrepare, userBefore := pc.PrepareConn, pc.BeforeAcquire //nolint:staticcheck // a caller's Configure may still set the deprecated hook; it keeps working
 	pc.PrepareConn = func(ctx context.Context, c *pgx.Conn) (bool, error) {
 		switch {
 		case idleConnBroken(c.PgConn()):

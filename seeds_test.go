@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgbaton/pgbaton/pgtest"
@@ -218,7 +217,3 @@ func TestSeed2SharedPoolDeadlocksButLockerDoesNot(t *testing.T) {
 		}
 	})
 }
-
-// rawPinned is what the benchmarks and a few tests compare against: raw pgx
-// on one pinned connection.
-func rawPinned(t testing.TB, dsn string) *pgx.Conn { return adminConn(t, dsn) }

@@ -1,6 +1,7 @@
 package pgtest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -25,7 +26,7 @@ const binDirEnv = "PGTEST_BINDIR"
 // newest /usr/lib/postgresql/*/bin. An explicit BinDir or $PGTEST_BINDIR
 // that does not hold the binaries is an error: it is not silently replaced
 // by another installation.
-func findBinDir(explicit string) (string, error) {
+func findBinDir(ctx context.Context, explicit string) (string, error) {
 	if explicit != "" {
 		if isServerBinDir(explicit) {
 			return explicit, nil
@@ -46,7 +47,7 @@ func findBinDir(explicit string) (string, error) {
 		}
 	}
 	if p, err := exec.LookPath("pg_config"); err == nil {
-		if out, err := exec.Command(p, "--bindir").Output(); err == nil {
+		if out, err := exec.CommandContext(ctx, p, "--bindir").Output(); err == nil {
 			if dir := strings.TrimSpace(string(out)); dir != "" && isServerBinDir(dir) {
 				return dir, nil
 			}
@@ -91,6 +92,6 @@ func isServerBinDir(dir string) bool {
 }
 
 func isExecutable(path string) bool {
-	fi, err := os.Stat(path)
+	fi, err := os.Stat(path) //nolint:gosec // only reads metadata of a candidate server binary
 	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
 }

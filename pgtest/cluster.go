@@ -98,13 +98,13 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 }
 
 func start(ctx context.Context, opts Options, keep bool) (_ *Cluster, err error) {
-	c, err := newCluster(opts, keep)
+	c, err := newCluster(ctx, opts, keep)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			c.Close()
+			_ = c.Close() // it removes what start made; start's own error is the one to report
 		}
 	}()
 	c.settings = map[string]string{}
@@ -133,8 +133,8 @@ func start(ctx context.Context, opts Options, keep bool) (_ *Cluster, err error)
 }
 
 // newCluster finds the binaries and makes the temp dir and its watchdog.
-func newCluster(opts Options, keep bool) (*Cluster, error) {
-	bin, err := findBinDir(opts.BinDir)
+func newCluster(ctx context.Context, opts Options, keep bool) (*Cluster, error) {
+	bin, err := findBinDir(ctx, opts.BinDir)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +153,7 @@ func newCluster(opts Options, keep bool) (*Cluster, error) {
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
 	if err := u.chown(base); err != nil {
-		os.RemoveAll(base)
+		_ = os.RemoveAll(base) // best effort; the chown error is the one to report
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
 	c := &Cluster{
@@ -167,7 +167,7 @@ func newCluster(opts Options, keep bool) (*Cluster, error) {
 	}
 	if !keep {
 		if c.wd, err = startWatchdog(clusterCleanup, base); err != nil {
-			os.RemoveAll(base)
+			_ = os.RemoveAll(base) // best effort; the watchdog error is the one to report
 			return nil, err
 		}
 	}
@@ -183,12 +183,13 @@ func (c *Cluster) logf(format string, args ...any) {
 // runTool runs one of the server's command-line programs as the server
 // user, its output appended to logPath.
 func (c *Cluster) runTool(ctx context.Context, logPath, name string, args ...string) error {
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644) //nolint:gosec // a log for people to read, in the cluster's own 0700 temp dir
 	if err != nil {
 		return err
 	}
-	defer logf.Close()
-	cmd := exec.Command(filepath.Join(c.bin, name), args...)
+	// The tool writes through its own copy of the descriptor; closing ours loses nothing.
+	defer func() { _ = logf.Close() }()
+	cmd := exec.Command(filepath.Join(c.bin, name), args...) //nolint:noctx,gosec // runPinned kills it when ctx ends; the binary is from the server's bin dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = c.base
 	cmd.Env = serverEnv()
@@ -213,7 +214,7 @@ func (c *Cluster) writeConf() error {
 	fmt.Fprintf(&b, "port = %d\n", c.port)
 	fmt.Fprintf(&b, "unix_socket_directories = %s\n", confQuote(c.base))
 	path := filepath.Join(c.dataDir, "postgresql.conf")
-	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {
+	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil { //nolint:gosec // path is in the cluster's own temp dir
 		return err
 	}
 	return c.user.chown(path)
@@ -229,7 +230,7 @@ func confQuote(v string) string {
 func (c *Cluster) startWithFreePort(ctx context.Context) error {
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		if c.port, err = freePort(); err != nil {
+		if c.port, err = freePort(ctx); err != nil {
 			return fmt.Errorf("pgtest: pick a port: %w", err)
 		}
 		if err = c.writeConf(); err != nil {
@@ -245,24 +246,29 @@ func (c *Cluster) startWithFreePort(ctx context.Context) error {
 
 var errPortInUse = errors.New("port in use")
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort(ctx context.Context) (int, error) {
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		return 0, err
+	}
+	return port, nil
 }
 
 // startPostmaster starts postgres and waits until it accepts connections.
 // The caller holds c.life or has exclusive use of c.
 func (c *Cluster) startPostmaster(ctx context.Context) error {
-	logf, err := os.OpenFile(c.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(c.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644) //nolint:gosec // a log for people to read, in the cluster's own 0700 temp dir
 	if err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
 	logStart := fileSize(c.logPath)
-	cmd := exec.Command(filepath.Join(c.bin, "postgres"), "-D", c.dataDir)
+	// The server outlives ctx, which bounds only the start: Stop and Close end it.
+	cmd := exec.CommandContext(context.Background(), filepath.Join(c.bin, "postgres"), "-D", c.dataDir) //nolint:gosec // the binary is from the server's bin dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = c.base
 	cmd.Env = serverEnv()
@@ -275,7 +281,7 @@ func (c *Cluster) startPostmaster(ctx context.Context) error {
 		cmd.SysProcAttr = c.user.sysProcAttr(syscall.SIGQUIT)
 		release, err = spawner.start(cmd)
 	}
-	logf.Close()
+	_ = logf.Close() // the server writes through its own copy of the descriptor
 	if err != nil {
 		return fmt.Errorf("pgtest: start postgres: %w", err)
 	}
@@ -289,7 +295,7 @@ func (c *Cluster) startPostmaster(ctx context.Context) error {
 		c.stopPostmaster(pm, syscall.SIGQUIT, immediateStopWait)
 		tail := logTailFrom(c.logPath, logStart)
 		if strings.Contains(tail, "Address already in use") {
-			err = fmt.Errorf("%w: %v", errPortInUse, err)
+			err = fmt.Errorf("%w: %w", errPortInUse, err)
 		}
 		return fmt.Errorf("pgtest: postgres did not start: %w%s", err, tail)
 	}
@@ -307,17 +313,17 @@ func (c *Cluster) waitReady(ctx context.Context, pm *postmaster) error {
 		conn, err := c.connect(attemptCtx, "postgres")
 		cancel()
 		if err == nil {
-			conn.Close(ctx)
+			_ = conn.Close(ctx) // a readiness probe: that it connected is all that counts
 			return nil
 		}
 		t := time.NewTimer(20 * time.Millisecond)
 		select {
 		case <-pm.exited:
 			t.Stop()
-			return fmt.Errorf("postgres exited: %v", pm.err)
+			return fmt.Errorf("postgres exited: %w", pm.err)
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("%w (last connection error: %v)", ctx.Err(), err)
+			return fmt.Errorf("%w (last connection error: %v)", ctx.Err(), err) //nolint:errorlint // ctx's error is the cause; the last attempt's is detail
 		case <-t.C:
 		}
 	}
@@ -380,7 +386,7 @@ func (c *Cluster) Close() error {
 			errs = append(errs, fmt.Errorf("pgtest: postmaster %d ignored SIGQUIT; killed", pm.pid()))
 		}
 	}
-	if err := os.RemoveAll(c.base); err != nil {
+	if err := os.RemoveAll(c.base); err != nil { //nolint:gosec // the temp dir this cluster made
 		errs = append(errs, fmt.Errorf("pgtest: remove %s: %w", c.base, err))
 	}
 	c.wd.disarm()
@@ -438,7 +444,7 @@ func dsnQuote(v string) string {
 }
 
 func fileSize(path string) int64 {
-	fi, err := os.Stat(path)
+	fi, err := os.Stat(path) //nolint:gosec // a log in a temp dir the harness made
 	if err != nil {
 		return 0
 	}
@@ -448,7 +454,7 @@ func fileSize(path string) int64 {
 // logTailFrom returns the end of the file's content after offset,
 // formatted for appending to an error.
 func logTailFrom(path string, offset int64) string {
-	b, err := os.ReadFile(path)
+	b, err := os.ReadFile(path) //nolint:gosec // a log in a temp dir the harness made
 	if err != nil || int64(len(b)) <= offset {
 		return ""
 	}

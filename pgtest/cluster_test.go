@@ -185,10 +185,7 @@ func TestStandby(t *testing.T) {
 	if _, err := pconn.Exec(ctx, "INSERT INTO r VALUES (3)"); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		if queryInt(t, ctx, sconn, "SELECT count(*) FROM r WHERE v = 3") == 1 {
-			break
-		}
+	for queryInt(t, ctx, sconn, "SELECT count(*) FROM r WHERE v = 3") != 1 {
 		select {
 		case <-ctx.Done():
 			t.Fatal("row never replicated")

@@ -40,10 +40,11 @@ func (c *Cluster) Crash(ctx context.Context) error {
 
 	witnessCtx, cancelWitness := context.WithCancel(ctx)
 	defer cancelWitness()
-	witnessDone := make(chan error, 1)
+	witnessDone := make(chan struct{})
 	go func() {
-		_, err := witness.Exec(witnessCtx, "SELECT pg_sleep(3600)")
-		witnessDone <- err
+		defer close(witnessDone)
+		// It ends in an error by design: the postmaster terminates it, or it is cancelled.
+		_, _ = witness.Exec(witnessCtx, "SELECT pg_sleep(3600)")
 	}()
 	pid := int(victim.PgConn().PID())
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
@@ -57,7 +58,7 @@ func (c *Cluster) Crash(ctx context.Context) error {
 		// The postmaster has begun terminating every session.
 	case <-pm.exited:
 		<-witnessDone
-		return fmt.Errorf("pgtest: crash: postmaster exited: %v", pm.err)
+		return fmt.Errorf("pgtest: crash: postmaster exited: %w", pm.err)
 	case <-ctx.Done():
 		cancelWitness()
 		<-witnessDone

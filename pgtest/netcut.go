@@ -127,10 +127,11 @@ func cutWith(ctx context.Context, backend, path string, port int) (*Cut, error) 
 		}
 		if out, err := cmd.CombinedOutput(); err != nil {
 			for _, undo := range heal[:i] {
-				_ = exec.Command(undo[0], undo[1:]...).Run()
+				// Undone even when ctx has ended (which may be why install failed).
+				_ = exec.CommandContext(context.WithoutCancel(ctx), undo[0], undo[1:]...).Run()
 			}
 			wd.disarm()
-			return nil, fmt.Errorf("%s: %v: %s", backend, err, bytes.TrimSpace(out))
+			return nil, fmt.Errorf("%s: %w: %s", backend, err, bytes.TrimSpace(out))
 		}
 	}
 	return cut, nil
@@ -153,8 +154,9 @@ func (c *Cut) Heal() error {
 	c.healed = true
 	var errs []error
 	for _, argv := range c.heal {
-		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("pgtest: heal cut of port %d: %s: %v: %s", c.port, c.backend, err, bytes.TrimSpace(out)))
+		// Heal has no caller context: the rule must come off regardless.
+		if out, err := exec.CommandContext(context.Background(), argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("pgtest: heal cut of port %d: %s: %w: %s", c.port, c.backend, err, bytes.TrimSpace(out)))
 		}
 	}
 	c.wd.disarm()

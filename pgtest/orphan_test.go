@@ -81,7 +81,9 @@ func TestHelperProcess(t *testing.T) {
 			fmt.Printf("%s cut backend=%s\n", helperLine, cut.Backend())
 		}
 		fmt.Printf("%s ready\n", helperLine)
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		if err := syscall.Kill(os.Getpid(), syscall.SIGKILL); err != nil {
+			t.Fatalf("SIGKILL to self: %v", err)
+		}
 	}
 	t.Fatal("helper survived")
 }

@@ -140,17 +140,17 @@ func (c *Cluster) StartPgBouncer(ctx context.Context, opts PgBouncerOptions) (_ 
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
 	if err := c.user.chown(dir); err != nil {
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir) // best effort; the chown error is the one to report
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
 	b := &PgBouncer{c: c, dir: dir, mode: opts.PoolMode}
 	if b.wd, err = startWatchdog(pgbouncerCleanup, dir); err != nil {
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir) // best effort; the watchdog error is the one to report
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			b.Close()
+			_ = b.Close() // it removes what was made; the start error is the one to report
 		}
 	}()
 	var users strings.Builder
@@ -161,7 +161,7 @@ func (c *Cluster) StartPgBouncer(ctx context.Context, opts PgBouncerOptions) (_ 
 		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
-		if b.port, err = freePort(); err != nil {
+		if b.port, err = freePort(ctx); err != nil {
 			return nil, fmt.Errorf("pgtest: pick a port: %w", err)
 		}
 		if err := b.writeFile("pgbouncer.ini", b.ini(opts)); err != nil {
@@ -241,11 +241,12 @@ func (b *PgBouncer) ini(opts PgBouncerOptions) string {
 // start runs pgbouncer and waits until it accepts a connection.
 func (b *PgBouncer) start(ctx context.Context, bin string) error {
 	logPath := filepath.Join(b.dir, "stderr.log")
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644) //nolint:gosec // a log for people to read, in pgbouncer's own 0700 temp dir
 	if err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	cmd := exec.Command(bin, filepath.Join(b.dir, "pgbouncer.ini"))
+	// pgbouncer outlives ctx, which bounds only the start: Close ends it.
+	cmd := exec.CommandContext(context.Background(), bin, filepath.Join(b.dir, "pgbouncer.ini"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = b.dir
 	cmd.Env = serverEnv()
@@ -253,7 +254,7 @@ func (b *PgBouncer) start(ctx context.Context, bin string) error {
 	// death is a clean enough end.
 	cmd.SysProcAttr = b.c.user.sysProcAttr(syscall.SIGKILL)
 	release, err := spawner.start(cmd)
-	logf.Close()
+	_ = logf.Close() // pgbouncer writes through its own copy of the descriptor
 	if err != nil {
 		return fmt.Errorf("pgtest: start pgbouncer: %w", err)
 	}
@@ -280,7 +281,7 @@ func (b *PgBouncer) waitReady(ctx context.Context) error {
 		conn, err := pgconn.Connect(attemptCtx, b.DSN("postgres")+" application_name="+AdminApplicationName)
 		if err == nil {
 			_, err = conn.Exec(attemptCtx, "SELECT 1").ReadAll()
-			conn.Close(attemptCtx)
+			_ = conn.Close(attemptCtx) // a readiness probe: the query's result is what counts
 		}
 		cancel()
 		if err == nil {
@@ -293,7 +294,7 @@ func (b *PgBouncer) waitReady(ctx context.Context) error {
 			return errors.New("pgbouncer exited")
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("%w (last connection error: %v)", ctx.Err(), err)
+			return fmt.Errorf("%w (last connection error: %v)", ctx.Err(), err) //nolint:errorlint // ctx's error is the cause; the last attempt's is detail
 		case <-t.C:
 		}
 	}

@@ -179,6 +179,8 @@ func TestPgBouncerHelperProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Printf("%s pgbouncer pid=%d dir=%s\n", helperLine, b.PID(), b.Dir())
-	syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGKILL); err != nil {
+		t.Fatalf("SIGKILL to self: %v", err)
+	}
 	t.Fatal("helper survived")
 }

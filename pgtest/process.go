@@ -108,7 +108,7 @@ func runPinned(ctx context.Context, cmd *exec.Cmd) error {
 		return err
 	case <-ctx.Done():
 		_ = cmd.Process.Kill()
-		<-done
+		<-done //nolint:errcheck // the killed process's exit status; ctx's error is the one to report
 		return ctx.Err()
 	}
 }
@@ -140,14 +140,14 @@ func lookupServerUser() (serverUser, error) {
 		}
 		return serverUser{name: name, uid: uint32(uid), gid: uint32(gid), switched: true}, nil
 	}
-	return serverUser{}, fmt.Errorf("pgtest: running as root and neither the postgres nor the nobody OS user is usable: %v", lastErr)
+	return serverUser{}, fmt.Errorf("pgtest: running as root and neither the postgres nor the nobody OS user is usable: %v", lastErr) //nolint:errorlint // lastErr may be nil (users found but unusable); it is detail only
 }
 
 func (u serverUser) chown(path string) error {
 	if !u.switched {
 		return nil
 	}
-	return os.Chown(path, int(u.uid), int(u.gid))
+	return os.Chown(path, int(u.uid), int(u.gid)) //nolint:gosec // paths in temp dirs the harness made
 }
 
 // sysProcAttr returns attributes for a server program: its own process
@@ -244,14 +244,15 @@ func startWatchdog(cleanup string, args ...string) (*watchdog, error) {
 		return nil, err
 	}
 	argv := append([]string{"-c", watchdogLoop + cleanup, "pgtest-watchdog"}, args...)
-	cmd := exec.Command("/bin/sh", argv...)
+	// The watchdog must outlive every context: it acts when the test process dies.
+	cmd := exec.CommandContext(context.Background(), "/bin/sh", argv...)
 	cmd.Stdin = r
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = cmd.Start()
-	r.Close()
+	_ = r.Close() // the watchdog holds its own copy of the read end
 	if err != nil {
-		w.Close()
+		_ = w.Close() // nothing reads it; the start error is the one to report
 		return nil, fmt.Errorf("pgtest: start watchdog: %w", err)
 	}
 	return &watchdog{w: w, cmd: cmd}, nil
@@ -267,10 +268,11 @@ func (wd *watchdog) setPID(pid int) {
 	if wd.w == nil {
 		return
 	}
+	// A failed write means the watchdog is gone; there is nothing to do about it here.
 	if pid > 0 {
-		fmt.Fprintf(wd.w, "pid %d\n", pid)
+		_, _ = fmt.Fprintf(wd.w, "pid %d\n", pid)
 	} else {
-		io.WriteString(wd.w, "pid\n")
+		_, _ = io.WriteString(wd.w, "pid\n")
 	}
 }
 
@@ -284,8 +286,10 @@ func (wd *watchdog) disarm() {
 	if wd.w == nil {
 		return
 	}
-	io.WriteString(wd.w, "disarm\n")
-	wd.w.Close()
+	// If the write fails the watchdog is gone, or it reads EOF and runs its
+	// clean-up, which finds nothing left to do after a normal Close.
+	_, _ = io.WriteString(wd.w, "disarm\n")
+	_ = wd.w.Close()
 	wd.w = nil
 	_ = wd.cmd.Wait()
 }

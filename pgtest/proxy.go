@@ -48,7 +48,8 @@ type proxyConn struct {
 // NewProxy listens on 127.0.0.1:0 and forwards each accepted connection to
 // target (host:port, e.g. Cluster.TCPAddr()).
 func NewProxy(target string) (*Proxy, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0") // NewProxy takes no context; a loopback listen does not block
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: proxy listen: %w", err)
 	}
@@ -205,7 +206,7 @@ func (p *Proxy) acceptLoop() {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
-			conn.Close()
+			_ = conn.Close() // the proxy is closed; the client just sees the connection end
 			return
 		}
 		p.conns[pc] = struct{}{}
@@ -238,7 +239,7 @@ func (p *Proxy) serve(pc *proxyConn) {
 	select {
 	case <-pc.dead:
 		p.mu.Unlock()
-		server.Close()
+		_ = server.Close() // the client side is already gone
 		return
 	default:
 	}
@@ -362,7 +363,7 @@ func (p *Proxy) end(pc *proxyConn, reset bool) {
 			if tc, ok := c.(*net.TCPConn); ok && reset {
 				_ = tc.SetLinger(0)
 			}
-			c.Close()
+			_ = c.Close() // tearing the connection down; nothing to report to
 		}
 	})
 }

@@ -43,7 +43,7 @@ func (c *Cluster) withConn(ctx context.Context, db string, f func(*pgx.Conn) err
 	defer func() {
 		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		conn.Close(closeCtx)
+		_ = conn.Close(closeCtx) // a short-lived admin connection; f's result is what counts
 	}()
 	return f(conn)
 }
@@ -93,7 +93,7 @@ func (c *Cluster) CreateDatabase(ctx context.Context, name string) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("pgtest: create database %q: %w (last error: %v)", name, ctx.Err(), err)
+			return fmt.Errorf("pgtest: create database %q: %w (last error: %v)", name, ctx.Err(), err) //nolint:errorlint // ctx's error is the cause; the last attempt's is detail
 		case <-t.C:
 		}
 		backoff = min(2*backoff, 200*time.Millisecond)

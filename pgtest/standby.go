@@ -20,13 +20,13 @@ func (c *Cluster) StartStandby(ctx context.Context) (_ *Cluster, err error) {
 	if _, err := c.running(); err != nil {
 		return nil, err
 	}
-	s, err := newCluster(c.opts, c.keep)
+	s, err := newCluster(ctx, c.opts, c.keep)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			s.Close()
+			_ = s.Close() // it removes what was made; the start error is the one to report
 		}
 	}()
 	s.standby = true

@@ -127,7 +127,7 @@ func contains(list []string, s string) bool {
 func serverAddr(dsn string) (string, error) {
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
-		return "", fmt.Errorf("-dsn: %v", err)
+		return "", fmt.Errorf("-dsn: %w", err)
 	}
 	if strings.HasPrefix(cfg.Host, "/") || strings.HasPrefix(cfg.Host, "@") {
 		return "", fmt.Errorf("-dsn connects over the unix socket %s, but every worker connects through a TCP proxy of its own "+
@@ -218,7 +218,7 @@ func (d *demo) setup(ctx context.Context) error {
 		}
 		d.target, d.workerDSN = addr, d.opts.DSN
 	} else {
-		fmt.Fprintf(d.out, "starting a throwaway PostgreSQL server (initdb into a temp dir)...\n")
+		printf(d.out, "starting a throwaway PostgreSQL server (initdb into a temp dir)...\n")
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		c, err := pgtest.Start(sctx, pgtest.Options{BinDir: d.opts.PGBin})
 		cancel()
@@ -255,25 +255,25 @@ func (d *demo) setup(ctx context.Context) error {
 func (d *demo) printHeader() {
 	w := d.out
 	lc := demoLockerConfig("")
-	fmt.Fprintf(w, "\npgbaton demo: %d worker processes contend for the advisory lock %q\n\n", d.opts.Workers, d.opts.Key)
+	printf(w, "\npgbaton demo: %d worker processes contend for the advisory lock %q\n\n", d.opts.Workers, d.opts.Key)
 	if d.cluster != nil {
-		fmt.Fprintf(w, "  server   PostgreSQL %s, throwaway cluster in %s (postmaster pid %d, %s)\n",
+		printf(w, "  server   PostgreSQL %s, throwaway cluster in %s (postmaster pid %d, %s)\n",
 			d.version, d.cluster.Dir(), d.cluster.PostmasterPID(), d.target)
 	} else {
-		fmt.Fprintf(w, "  server   PostgreSQL %s at %s (-dsn)\n", d.version, d.target)
+		printf(w, "  server   PostgreSQL %s at %s (-dsn)\n", d.version, d.target)
 	}
-	fmt.Fprintf(w, "  workers  each a Locker in its own process, connected through its own TCP proxy\n")
-	fmt.Fprintf(w, "  work     each worker: Acquire (waiting at most %s), hold the lock %s–%s, Release, repeat\n",
+	printf(w, "  workers  each a Locker in its own process, connected through its own TCP proxy\n")
+	printf(w, "  work     each worker: Acquire (waiting at most %s), hold the lock %s–%s, Release, repeat\n",
 		fmtDur(d.acquireWait()), fmtDur(d.opts.HoldMin), fmtDur(d.opts.HoldMax))
-	fmt.Fprintf(w, "  loss     heartbeat every %s; a lease is lost after %s without a confirmed heartbeat;\n"+
+	printf(w, "  loss     heartbeat every %s; a lease is lost after %s without a confirmed heartbeat;\n"+
 		"           the server frees a silent client's locks after %s (keepalives, tcp_user_timeout)\n",
 		fmtDur(lc.HeartbeatInterval), fmtDur(lc.LeaseTimeout), fmtDur(lc.ServerReleaseTimeout()))
 	faults := "none"
 	if len(d.opts.Faults) > 0 {
 		faults = strings.Join(d.opts.Faults, ", ")
 	}
-	fmt.Fprintf(w, "  plan     %s of contention, then faults: %s\n", d.opts.Duration, faults)
-	fmt.Fprintf(w, "  times    since the start of the trace; handoff = one worker's Release call to the next one's grant\n\n")
+	printf(w, "  plan     %s of contention, then faults: %s\n", d.opts.Duration, faults)
+	printf(w, "  times    since the start of the trace; handoff = one worker's Release call to the next one's grant\n\n")
 }
 
 // cleanup stops everything the run started, in order: workers, the trace,
@@ -319,7 +319,7 @@ func (d *demo) cleanup(failed bool) error {
 		if failed {
 			prefix = "stopped early; cleaned up"
 		}
-		fmt.Fprintf(d.out, "\n%s: %s\n", prefix, strings.Join(done, ", "))
+		printf(d.out, "\n%s: %s\n", prefix, strings.Join(done, ", "))
 	}
 	return errors.Join(errs...)
 }

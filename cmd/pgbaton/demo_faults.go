@@ -148,34 +148,34 @@ func (d *demo) faultBlackhole(ctx context.Context, f *faultRecord, p *demoProc) 
 
 func (d *demo) printSummary(s stats) {
 	w := d.out
-	fmt.Fprintf(w, "\nSummary\n\n")
+	printf(w, "\nSummary\n\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "  grants\t%d\t\n", s.Grants)
+	printf(tw, "  grants\t%d\t\n", s.Grants)
 	if n := len(s.Handoffs); n > 0 {
 		hs := slices.Sorted(slices.Values(s.Handoffs))
-		fmt.Fprintf(tw, "  handoffs\t%d\tmedian %s, p90 %s, max %s (a Release call to the next worker's grant)\n",
+		printf(tw, "  handoffs\t%d\tmedian %s, p90 %s, max %s (a Release call to the next worker's grant)\n",
 			n, fmtDur(percentile(hs, 0.5)), fmtDur(percentile(hs, 0.9)), fmtDur(hs[n-1]))
 	} else {
-		fmt.Fprintf(tw, "  handoffs\t0\t\n")
+		printf(tw, "  handoffs\t0\t\n")
 	}
 	overlapNote := "grants while another worker still held the lock"
 	if s.Overlaps > 0 {
 		overlapNote += "  <-- MUTUAL EXCLUSION BROKEN"
 	}
-	fmt.Fprintf(tw, "  overlaps\t%d\t%s\n", s.Overlaps, overlapNote)
+	printf(tw, "  overlaps\t%d\t%s\n", s.Overlaps, overlapNote)
 	spuriousNote := "leases lost although no fault was injected into their holder"
 	if s.Spurious > 0 {
 		spuriousNote += "  <-- a lease ended early"
 	}
-	fmt.Fprintf(tw, "  unexplained losses\t%d\t%s\n", s.Spurious, spuriousNote)
-	fmt.Fprintf(tw, "  wait timeouts\t%d\tbounded Acquire waits that expired (the worker queued again)\n", s.Expired)
-	tw.Flush()
+	printf(tw, "  unexplained losses\t%d\t%s\n", s.Spurious, spuriousNote)
+	printf(tw, "  wait timeouts\t%d\tbounded Acquire waits that expired (the worker queued again)\n", s.Expired)
+	_ = tw.Flush() // terminal output: see printf
 	if len(s.Faults) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\n")
+	printf(w, "\n")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "  fault\tholder\tholder saw the loss\tnext grant\thow the holder learned\n")
+	printf(tw, "  fault\tholder\tholder saw the loss\tnext grant\thow the holder learned\n")
 	for _, f := range s.Faults {
 		detect, cause := "not reported", "its lease never ended: a bug"
 		if f.Kind == "kill" {
@@ -187,9 +187,9 @@ func (d *demo) printSummary(s stats) {
 		if ft, ok := f.Failover(); ok {
 			failover = fmt.Sprintf("%s (%s)", fmtDur(ft), f.Next)
 		}
-		fmt.Fprintf(tw, "  %d %s\t%s\t%s\t%s\t%s\n", f.N, f.Kind, f.Victim, detect, failover, cause)
+		printf(tw, "  %d %s\t%s\t%s\t%s\t%s\n", f.N, f.Kind, f.Victim, detect, failover, cause)
 	}
-	tw.Flush()
+	_ = tw.Flush() // terminal output: see printf
 	var notes []string
 	for _, f := range s.Faults {
 		if f.Kind == "blackhole" && f.DetectT != 0 && f.FreedT != 0 {
@@ -206,6 +206,6 @@ func (d *demo) printSummary(s stats) {
 		notes = append(notes, "No two workers held the lock at the same time.")
 	}
 	if len(notes) > 0 {
-		fmt.Fprintf(w, "\n  %s\n", strings.Join(notes, "\n  "))
+		printf(w, "\n  %s\n", strings.Join(notes, "\n  "))
 	}
 }

@@ -136,7 +136,9 @@ func (d *demo) startWorker(exe, name string) (err error) {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(exe, "demo-worker")
+	// No context ends a worker: the demo stops each itself, by closing its
+	// stdin or, in cleanup, by killing it, so that the trace reports it.
+	cmd := exec.CommandContext(context.Background(), exe, "demo-worker")
 	cmd.Env = append(os.Environ(), workerEnv+"="+string(cfg))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr := &lineWriter{emit: func(line string) { d.tr.add(&event{Kind: evStderr, worker: name, text: line}) }}

@@ -255,7 +255,7 @@ func (tr *trace) line(t int64, who, verb, text string) {
 	if who == "" {
 		who = "demo"
 	}
-	fmt.Fprintf(tr.out, "%9s  %-4s  %-9s  %s\n", rel(t-tr.t0), who, verb, text)
+	printf(tr.out, "%9s  %-4s  %-9s  %s\n", rel(t-tr.t0), who, verb, text)
 }
 
 // process updates the state with one event and prints it. tr.mu is held.
@@ -306,7 +306,7 @@ func (tr *trace) process(e *event) {
 		f := e.fault
 		f.T = e.T
 		tr.faults = append(tr.faults, f)
-		fmt.Fprintf(tr.out, "%9s  ── fault %d of %d: %s ──\n", "", f.N, f.Of, f.Title)
+		printf(tr.out, "%9s  ── fault %d of %d: %s ──\n", "", f.N, f.Of, f.Title)
 		if f.Kind != "blackhole" {
 			tr.free(f, e.T)
 		}

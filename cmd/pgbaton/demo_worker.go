@@ -239,7 +239,7 @@ func lossReason(err error) string {
 func shortErr(err error) string {
 	inner := innermost(err)
 	msg := err.Error()
-	if inner == err {
+	if inner == err { //nolint:errorlint // identity: err has no chain below it
 		return msg
 	}
 	rest, head := msg, ""
@@ -255,7 +255,7 @@ func shortErr(err error) string {
 // innermost follows an error chain to its end (the last error of a join).
 func innermost(err error) error {
 	for {
-		switch u := err.(type) {
+		switch u := err.(type) { //nolint:errorlint // walks the chain itself, one link at a time
 		case interface{ Unwrap() error }:
 			next := u.Unwrap()
 			if next == nil {

@@ -88,7 +88,7 @@ func run(ctx context.Context, args []string, out *output) int {
 	}
 	cmd := commands[name]
 	if cmd == nil {
-		fmt.Fprintf(out.Stderr, "pgbaton: unknown command %q; run 'pgbaton help' for the list\n", name)
+		printf(out.Stderr, "pgbaton: unknown command %q; run 'pgbaton help' for the list\n", name)
 		return exitUsage
 	}
 	err := cmd.Run(ctx, out, args[1:])
@@ -97,13 +97,13 @@ func run(ctx context.Context, args []string, out *output) int {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return exitOK
 	case errors.As(err, &ue):
-		fmt.Fprintf(out.Stderr, "pgbaton %s: %v\nrun 'pgbaton help %s' for usage\n", name, err, name)
+		printf(out.Stderr, "pgbaton %s: %v\nrun 'pgbaton help %s' for usage\n", name, err, name)
 		return exitUsage
 	case ctx.Err() != nil:
-		fmt.Fprintf(out.Stderr, "pgbaton %s: interrupted: %v\n", name, err)
+		printf(out.Stderr, "pgbaton %s: interrupted: %v\n", name, err)
 		return exitInterrupted
 	default:
-		fmt.Fprintf(out.Stderr, "pgbaton %s: %v\n", name, err)
+		printf(out.Stderr, "pgbaton %s: %v\n", name, err)
 		return exitFailure
 	}
 }
@@ -120,17 +120,25 @@ func visibleCommands() []*command {
 	return cs
 }
 
+// printf writes terminal output: usage, diagnostics, the demo's report. A
+// write that fails (a closed pipe, say) has nowhere better to be reported,
+// and the exit status already says how the command ended, so the error is
+// dropped.
+func printf(w io.Writer, format string, args ...any) {
+	_, _ = fmt.Fprintf(w, format, args...)
+}
+
 func printUsage(w io.Writer) {
-	fmt.Fprintf(w, "pgbaton coordinates service instances with PostgreSQL advisory locks.\n\n")
-	fmt.Fprintf(w, "Usage:\n\n\tpgbaton <command> [flags]\n\nCommands:\n\n")
+	printf(w, "pgbaton coordinates service instances with PostgreSQL advisory locks.\n\n")
+	printf(w, "Usage:\n\n\tpgbaton <command> [flags]\n\nCommands:\n\n")
 	width := 0
 	for _, c := range visibleCommands() {
 		width = max(width, len(c.Name))
 	}
 	for _, c := range visibleCommands() {
-		fmt.Fprintf(w, "\t%-*s  %s\n", width, c.Name, c.Summary)
+		printf(w, "\t%-*s  %s\n", width, c.Name, c.Summary)
 	}
-	fmt.Fprintf(w, "\nRun 'pgbaton help <command>' for a command's flags.\n")
+	printf(w, "\nRun 'pgbaton help <command>' for a command's flags.\n")
 }
 
 // newFlagSet makes a command's flag set: errors are returned, not fatal, and
@@ -139,11 +147,11 @@ func newFlagSet(out *output, name, synopsis, description string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(out.Stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(out.Stderr, "Usage: pgbaton %s %s\n\n%s\n", name, synopsis, description)
+		printf(out.Stderr, "Usage: pgbaton %s %s\n\n%s\n", name, synopsis, description)
 		hasFlags := false
 		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
 		if hasFlags {
-			fmt.Fprintf(out.Stderr, "\nFlags:\n")
+			printf(out.Stderr, "\nFlags:\n")
 			fs.PrintDefaults()
 		}
 	}

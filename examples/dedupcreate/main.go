@@ -12,6 +12,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -55,7 +56,7 @@ func (s *Service) OpenIncident(ctx context.Context, systemID string) (id int64, 
 		if err == nil {
 			return nil
 		}
-		if err != pgx.ErrNoRows {
+		if !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `SELECT pg_sleep($1::float8)`, s.Window.Seconds()); err != nil {

@@ -132,7 +132,11 @@ func cli(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer locker.Close()
+	defer func() {
+		if err := locker.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, "closing the locker:", err)
+		}
+	}()
 	pool, err := pgbaton.NewPool(ctx, pcfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

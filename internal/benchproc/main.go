@@ -174,10 +174,11 @@ func contend(ctx context.Context, l *locker, grants int, hold time.Duration, std
 		}
 		recs = append(recs, [3]int64{acq, granted, rel})
 	}
+	// A bufio.Writer keeps its first write error; Flush returns it.
 	w := bufio.NewWriter(os.Stdout)
 	for _, r := range recs {
-		fmt.Fprintf(w, "rec %d %d %d\n", r[0], r[1], r[2])
+		_, _ = fmt.Fprintf(w, "rec %d %d %d\n", r[0], r[1], r[2])
 	}
-	fmt.Fprintln(w, "done")
+	_, _ = fmt.Fprintln(w, "done")
 	return w.Flush()
 }

@@ -38,7 +38,7 @@ type Proc struct {
 // DATABASE_URL=dsn). It is killed at the end of the test if still running.
 func Start(t testing.TB, ctx context.Context, name, dsn string, args ...string) *Proc {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$") //nolint:gosec // re-runs this test binary; the arguments travel in the environment
 	cmd.Env = append(os.Environ(), Env+"="+strings.Join(args, " "), "DATABASE_URL="+dsn)
 	p := &Proc{cmd: cmd, done: make(chan struct{}), Name: name}
 	cmd.Stdout, cmd.Stderr = &p.out, &p.out
