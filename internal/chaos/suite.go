@@ -1,0 +1,411 @@
+package chaos
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgbaton/pgbaton"
+	"github.com/pgbaton/pgbaton/internal/history"
+	"github.com/pgbaton/pgbaton/pgtest"
+)
+
+// Grace is how long a worker may take to look at Done after a loss is
+// signalled: one step of its critical section (a few milliseconds of work
+// and one write) with room for scheduling delays on a busy machine. The
+// deliberately broken worker goes on for seconds.
+const Grace = 500 * time.Millisecond
+
+// Options configures a run.
+type Options struct {
+	Cluster *pgtest.Cluster
+	DB      string // a fresh database of Cluster
+	Exe     string // the test binary, re-executed as workers
+	Dir     string // history and log files
+
+	Workers    int           // worker processes; default 6
+	Goroutines int           // contending goroutines per worker; default 2
+	Keys       int           // keys contended for; default 4
+	Duration   time.Duration // how long the workers run
+	Mode       string        // worker mode for every worker; default ModeCorrect
+	Unfenced   bool          // writes skip the fence (a control)
+	Pace       time.Duration // pause between writes in a critical section; default 5ms
+	Backoff    time.Duration // pause after a busy try; default 20ms
+
+	// Faults lists the kinds the nemesis injects, in rounds of a shuffled
+	// order; nil means every kind, empty (non-nil) means none.
+	Faults []string
+	// Gap is the pause between faults; default 1s.
+	Gap time.Duration
+
+	Logf    func(format string, args ...any)
+	Verbose bool // workers log pgbaton warnings to their stderr files
+}
+
+// Run is one run of the suite: it starts the workers, lets the nemesis
+// inject faults for the duration, stops everything, and checks the history.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if o.Workers == 0 {
+		o.Workers = 6
+	}
+	if o.Goroutines == 0 {
+		o.Goroutines = 2
+	}
+	if o.Keys == 0 {
+		o.Keys = 4
+	}
+	if o.Mode == "" {
+		o.Mode = ModeCorrect
+	}
+	if o.Pace == 0 {
+		o.Pace = 5 * time.Millisecond
+	}
+	if o.Backoff == 0 {
+		o.Backoff = 20 * time.Millisecond
+	}
+	if o.Gap == 0 {
+		o.Gap = time.Second
+	}
+	if o.Faults == nil {
+		o.Faults = AllFaults
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	s := &suite{o: o, procs: map[string]*proc{}}
+	if err := s.setup(ctx); err != nil {
+		return nil, err
+	}
+	defer s.admin.close()
+	started := time.Now()
+	if err := s.startWorkers(ctx); err != nil {
+		s.stopWorkers()
+		return nil, err
+	}
+	nctx, stopNemesis := context.WithTimeout(ctx, o.Duration)
+	nemErr := make(chan error, 1)
+	go func() { nemErr <- s.nemesis(nctx) }()
+	<-nctx.Done()
+	err := <-nemErr
+	stopNemesis()
+	s.stopWorkers()
+	elapsed := time.Since(started)
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		return nil, fmt.Errorf("chaos: nemesis: %w", err)
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	h, err := s.collect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res := history.CheckWith(h, history.Options{Grace: Grace})
+	return &Report{Options: o, Elapsed: elapsed, Result: res, History: h, Notes: s.notes, Unsupported: s.unsupported}, nil
+}
+
+type suite struct {
+	o     Options
+	admin *admin
+	proxy *pgtest.Proxy
+	keys  []string
+
+	mu     sync.Mutex
+	procs  map[string]*proc // by proc name, alive or dead
+	slots  []*proc          // current process of each slot
+	faults []history.Fault
+	notes  []string
+	// unsupported fault kinds (no packet filter here)
+	unsupported []string
+}
+
+type proc struct {
+	name    string
+	slot    int
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	out     string
+	exited  chan struct{}
+	killed  bool
+	stopped bool // SIGSTOPped right now
+}
+
+func (s *suite) setup(ctx context.Context) error {
+	s.admin = &admin{dsn: s.o.Cluster.DSN(s.o.DB)}
+	conn, err := s.admin.conn(ctx)
+	if err != nil {
+		return err
+	}
+	if err := pgbaton.Migrate(ctx, conn, ""); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, resourceDDL); err != nil {
+		return fmt.Errorf("chaos: creating the resource: %w", err)
+	}
+	for i := range s.o.Keys {
+		k := fmt.Sprintf("chaos/key-%d", i)
+		s.keys = append(s.keys, k)
+		if _, err := conn.Exec(ctx, "INSERT INTO chaos_resource (key) VALUES ($1)", k); err != nil {
+			return err
+		}
+	}
+	if s.proxy, err = pgtest.NewProxy(s.o.Cluster.TCPAddr()); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (s *suite) startWorkers(ctx context.Context) error {
+	s.slots = make([]*proc, s.o.Workers)
+	for i := range s.o.Workers {
+		if err := s.spawn(ctx, i, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// spawn starts generation gen of slot i. Slot 0's lock connections go
+// through the proxy (for the black-hole fault).
+func (s *suite) spawn(ctx context.Context, slot, gen int) error {
+	name := fmt.Sprintf("w%d.%d", slot, gen)
+	lockDSN := s.o.Cluster.TCPDSN(s.o.DB)
+	if slot == 0 {
+		lockDSN = s.o.Cluster.ProxyDSN(s.proxy, s.o.DB)
+	}
+	cfg := workerConfig{
+		Proc: name, LockDSN: lockDSN, AppDSN: s.o.Cluster.TCPDSN(s.o.DB), Keys: s.keys,
+		Out: filepath.Join(s.o.Dir, name+".jsonl"), Mode: s.o.Mode, Unfenced: s.o.Unfenced,
+		Goroutines: s.o.Goroutines, Pace: s.o.Pace, Backoff: s.o.Backoff, Verbose: s.o.Verbose,
+	}
+	if s.o.Mode == ModeIgnoreDone {
+		cfg.Pace = 50 * time.Millisecond
+	}
+	b, _ := json.Marshal(cfg)
+	cmd := exec.Command(s.o.Exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), WorkerEnv+"="+string(b))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr, err := os.Create(filepath.Join(s.o.Dir, name+".stderr"))
+	if err != nil {
+		return err
+	}
+	defer stderr.Close()
+	cmd.Stderr = stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("chaos: start worker %s: %w", name, err)
+	}
+	p := &proc{name: name, slot: slot, cmd: cmd, stdin: stdin, out: cfg.Out, exited: make(chan struct{})}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		once := false
+		for sc.Scan() {
+			if !once && sc.Text() == "ready" {
+				once = true
+				close(ready)
+			}
+		}
+		_ = cmd.Wait()
+		close(p.exited)
+	}()
+	s.mu.Lock()
+	s.procs[name] = p
+	s.slots[slot] = p
+	s.mu.Unlock()
+	t := time.NewTimer(60 * time.Second)
+	defer t.Stop()
+	select {
+	case <-ready:
+		return nil
+	case <-p.exited:
+		b, _ := os.ReadFile(filepath.Join(s.o.Dir, name+".stderr"))
+		return fmt.Errorf("chaos: worker %s exited before it was ready: %s", name, strings.TrimSpace(string(b)))
+	case <-t.C:
+		_ = cmd.Process.Kill()
+		<-p.exited
+		return fmt.Errorf("chaos: worker %s not ready within 60s", name)
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		<-p.exited
+		return ctx.Err()
+	}
+}
+
+// stopWorkers asks every live worker to stop, and kills those that do not
+// exit within 30 seconds.
+func (s *suite) stopWorkers() {
+	s.mu.Lock()
+	var live []*proc
+	for _, p := range s.slots {
+		if p != nil {
+			live = append(live, p)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range live {
+		if p.stopped {
+			_ = p.cmd.Process.Signal(syscall.SIGCONT)
+		}
+		_, _ = io.WriteString(p.stdin, "stop\n")
+	}
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	for _, p := range live {
+		select {
+		case <-p.exited:
+		case <-deadline.C:
+			s.note("worker %s did not stop within 30s; killed", p.name)
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+		_ = p.stdin.Close()
+	}
+	if s.proxy != nil {
+		s.proxy.Heal()
+		_ = s.proxy.Close()
+	}
+}
+
+func (s *suite) note(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	s.o.Logf("chaos: %s", msg)
+	s.mu.Lock()
+	s.notes = append(s.notes, msg)
+	s.mu.Unlock()
+}
+
+// collect reads the workers' histories, the resource's write log and the
+// nemesis's faults. A lease left open by a killed worker ends as crashed at
+// the kill.
+func (s *suite) collect(ctx context.Context) (*history.History, error) {
+	rd := history.NewReader()
+	s.mu.Lock()
+	procs := make([]*proc, 0, len(s.procs))
+	for _, p := range s.procs {
+		procs = append(procs, p)
+	}
+	faults := append([]history.Fault(nil), s.faults...)
+	s.mu.Unlock()
+	for _, p := range procs {
+		f, err := os.Open(p.out)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		err = rd.Read(f, p.name)
+		f.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	conn, err := s.admin.conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := conn.Query(ctx, "SELECT seq, key, token, lease, at FROM chaos_writes ORDER BY seq")
+	if err != nil {
+		return nil, err
+	}
+	writes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (history.Write, error) {
+		var w history.Write
+		err := r.Scan(&w.Seq, &w.Key, &w.Token, &w.Lease, &w.At)
+		w.Accepted = true
+		w.Proc, _, _ = strings.Cut(w.Lease, "-")
+		return w, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	rd.Add(nil, writes, faults)
+	h := rd.History()
+	kills := map[string]history.Fault{}
+	for _, f := range faults {
+		if f.Kind == FaultKill {
+			kills[f.Proc] = f
+		}
+	}
+	for i := range h.Leases {
+		l := &h.Leases[i]
+		if l.Kind != history.Open {
+			continue
+		}
+		if k, ok := kills[l.Proc]; ok {
+			l.Kind, l.End, l.Signalled = history.Crashed, k.To, k.To
+		}
+	}
+	return h, nil
+}
+
+// admin is the harness's own connection to the database, reopened after
+// restarts and crashes.
+type admin struct {
+	dsn string
+	mu  sync.Mutex
+	c   *pgx.Conn
+}
+
+func (a *admin) conn(ctx context.Context) (*pgx.Conn, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.c != nil && !a.c.IsClosed() {
+		if err := a.c.Ping(ctx); err == nil {
+			return a.c, nil
+		}
+		_ = a.c.Close(context.Background())
+	}
+	var err error
+	for attempt := 0; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		a.c, err = pgx.Connect(cctx, a.dsn+" application_name=chaos-nemesis")
+		cancel()
+		if err == nil || attempt >= 50 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // the server is restarting: external state
+	}
+	if err != nil {
+		return nil, fmt.Errorf("chaos: admin connection: %w", err)
+	}
+	return a.c, nil
+}
+
+// now reads the server clock.
+func (a *admin) now(ctx context.Context) (time.Time, error) {
+	c, err := a.conn(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	var t time.Time
+	err = c.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&t)
+	return t, err
+}
+
+func (a *admin) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.c != nil {
+		_ = a.c.Close(context.Background())
+	}
+}
