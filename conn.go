@@ -454,6 +454,17 @@ func (c *lockConn) failLocked(cause error) {
 		l.wg.Add(1)
 		l.mu.Unlock()
 		close(c.closed)
+		// Tell the holders before closing the socket: closing it lets the
+		// server free the locks for someone else, and the holders must
+		// know first.
+		lost := &connLostError{Conn: c.name, PID: c.pid, Cause: cause}
+		if !errors.Is(cause, ErrLockerClosed) && !errors.Is(cause, errRetired) {
+			l.log.Warn("pgbaton: lock connection lost", "conn", c.name, "backend_pid", c.pid, "leases", len(leases), "err", cause)
+		}
+		l.stats.lost.Add(int64(len(leases)))
+		for _, ls := range leases {
+			ls.lose(lost)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		_ = c.pg.Close(ctx) // the connection is being discarded; the cause is what matters
 		cancel()
@@ -466,14 +477,6 @@ func (c *lockConn) failLocked(cause error) {
 			case <-t.C:
 			}
 		}()
-		lost := &connLostError{Conn: c.name, PID: c.pid, Cause: cause}
-		if !errors.Is(cause, ErrLockerClosed) && !errors.Is(cause, errRetired) {
-			l.log.Warn("pgbaton: lock connection lost", "conn", c.name, "backend_pid", c.pid, "leases", len(leases), "err", cause)
-		}
-		l.stats.lost.Add(int64(len(leases)))
-		for _, ls := range leases {
-			ls.lose(lost)
-		}
 	})
 }
 

@@ -41,7 +41,7 @@ func ExampleTable_Update() {
 // Passing the token to another service, which compares it with the largest
 // one it has stored.
 func ExampleCheck() {
-	req, _ := http.NewRequest("PUT", "http://storage.internal/objects/report", nil)
+	req, _ := http.NewRequest(http.MethodPut, "http://storage.internal/objects/report", nil)
 	req.Header.Set(fence.Header, fence.Token(42).String())
 
 	// On the receiving side:

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -102,6 +103,9 @@ func (s *suite) record(f history.Fault) {
 	s.mu.Lock()
 	s.faults = append(s.faults, f)
 	s.mu.Unlock()
+	if s.faultLog != nil {
+		s.faultLog.Fault(f) // kept with the histories for reading later
+	}
 	s.o.Logf("chaos: %s %s%s", f.Kind, f.Proc, map[bool]string{true: fmt.Sprintf(" pid %d", f.PID), false: ""}[f.PID != 0])
 }
 
@@ -163,8 +167,7 @@ func (s *suite) inject(kind string) error {
 		<-p.exited
 		p.killed = true
 		s.record(history.Fault{Kind: kind, Proc: p.name, TakesLocks: true, From: from, To: now()})
-		gen := 0
-		fmt.Sscanf(p.name[strings.IndexByte(p.name, '.')+1:], "%d", &gen)
+		gen, _ := strconv.Atoi(p.name[strings.IndexByte(p.name, '.')+1:]) // names are w<slot>.<gen>
 		return s.spawn(ctx, p.slot, gen+1)
 
 	case FaultFreeze, FaultFreezeCut:

@@ -85,6 +85,15 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		o.Logf = func(string, ...any) {}
 	}
 	s := &suite{o: o, procs: map[string]*proc{}}
+	flog, err := os.Create(filepath.Join(o.Dir, "nemesis.jsonl")) //nolint:gosec // the harness's own file
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = flog.Close() }() // written line by line; write errors are in faultLog.Err
+	s.faultLog = history.NewRecorder(flog)
+	var cancelProcs context.CancelFunc
+	s.procCtx, cancelProcs = context.WithCancel(context.Background())
+	defer cancelProcs()
 	if err := s.setup(ctx); err != nil {
 		return nil, err
 	}
@@ -98,10 +107,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	nemErr := make(chan error, 1)
 	go func() { nemErr <- s.nemesis(nctx) }()
 	<-nctx.Done()
-	err := <-nemErr
+	err = <-nemErr
 	stopNemesis()
 	s.stopWorkers()
 	elapsed := time.Since(started)
+	if err := s.faultLog.Err(); err != nil {
+		s.note("fault log not written: %v", err)
+	}
 	if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		return nil, fmt.Errorf("chaos: nemesis: %w", err)
 	}
@@ -129,6 +141,8 @@ type suite struct {
 	notes  []string
 	// unsupported fault kinds (no packet filter here)
 	unsupported []string
+	faultLog    *history.Recorder // Dir/nemesis.jsonl
+	procCtx     context.Context   // workers' lifetime: the whole run
 }
 
 type proc struct {
@@ -194,14 +208,14 @@ func (s *suite) spawn(ctx context.Context, slot, gen int) error {
 		cfg.Pace = 50 * time.Millisecond
 	}
 	b, _ := json.Marshal(cfg)
-	cmd := exec.Command(s.o.Exe, "-test.run=^$")
+	cmd := exec.CommandContext(s.procCtx, s.o.Exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), WorkerEnv+"="+string(b))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stderr, err := os.Create(filepath.Join(s.o.Dir, name+".stderr"))
+	stderr, err := os.Create(filepath.Join(s.o.Dir, name+".stderr")) //nolint:gosec // the harness's own file
 	if err != nil {
 		return err
 	}
-	defer stderr.Close()
+	defer func() { _ = stderr.Close() }() // the worker has its own descriptor
 	cmd.Stderr = stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -238,7 +252,7 @@ func (s *suite) spawn(ctx context.Context, slot, gen int) error {
 	case <-ready:
 		return nil
 	case <-p.exited:
-		b, _ := os.ReadFile(filepath.Join(s.o.Dir, name+".stderr"))
+		b, _ := os.ReadFile(filepath.Join(s.o.Dir, name+".stderr")) //nolint:gosec // the harness's own file; the error is already being reported
 		return fmt.Errorf("chaos: worker %s exited before it was ready: %s", name, strings.TrimSpace(string(b)))
 	case <-t.C:
 		_ = cmd.Process.Kill()
@@ -315,7 +329,7 @@ func (s *suite) collect(ctx context.Context) (*history.History, error) {
 			return nil, err
 		}
 		err = rd.Read(f, p.name)
-		f.Close()
+		_ = f.Close() // read-only
 		if err != nil {
 			return nil, err
 		}

@@ -96,12 +96,16 @@ type worker struct {
 	seq    atomic.Int64
 }
 
-func runWorker(cfg workerConfig, stdin io.Reader, stdout io.Writer) error {
-	f, err := os.OpenFile(cfg.Out, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+func runWorker(cfg workerConfig, stdin io.Reader, stdout io.Writer) (err error) {
+	f, err := os.OpenFile(cfg.Out, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}()
 	w := &worker{cfg: cfg, rec: history.NewRecorder(f)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -125,10 +129,12 @@ func runWorker(cfg workerConfig, stdin io.Reader, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		defer w.locker.Close()
+		defer func() { _ = w.locker.Close() }() // Close always returns nil
 	}
 	w.now(setup) // prime the clock offset
-	fmt.Fprintln(stdout, "ready")
+	if _, err := fmt.Fprintln(stdout, "ready"); err != nil {
+		return err
+	}
 
 	// Commands from the harness.
 	go func() {
@@ -216,8 +222,8 @@ func (w *worker) watchStalls(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-t.C:
-			now = time.Now() // the tick's time is when it was due, not when we ran
+		case <-t.C:
+			now := time.Now() // the tick's time is when it was due, not when we ran
 			if gap := now.Sub(last); gap > stallAfter {
 				w.rec.Fault(history.Fault{Kind: history.Stall, Proc: w.cfg.Proc,
 					From: w.toServer(last), To: w.toServer(last), Until: w.toServer(now), Note: gap.Round(time.Millisecond).String()})

@@ -444,7 +444,7 @@ func stalledFor(faults []Fault, proc string, from, to time.Time) time.Duration {
 	var ivs []iv
 	for i := range faults {
 		f := &faults[i]
-		if f.Proc != proc || !(f.Kind == Stall || f.Frozen) {
+		if f.Proc != proc || (f.Kind != Stall && !f.Frozen) {
 			continue
 		}
 		a, b := maxTime(f.From, from), minTime(f.effectEnd(), to)
