@@ -2,27 +2,17 @@ package pgbaton
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
-	"github.com/pgbaton/pgbaton/pgtest"
+	"github.com/pgbaton/pgbaton/internal/testmain"
 )
 
 func TestMain(m *testing.M) {
-	code := pgtest.Run(m, pgtest.Options{})
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m))
 }
 
 // quietLogger discards log output unless PGBATON_TEST_LOG=1.

@@ -14,9 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgbaton/pgbaton/internal/testmain"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
-	"go.uber.org/goleak"
 
 	"github.com/pgbaton/pgbaton"
 	"github.com/pgbaton/pgbaton/fence"
@@ -24,14 +25,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	code := pgtest.Run(m, pgtest.Options{})
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m))
 }
 
 func ctxFor(t testing.TB) context.Context {

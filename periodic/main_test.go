@@ -2,7 +2,6 @@ package periodic_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -12,9 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgbaton/pgbaton/internal/testmain"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"go.uber.org/goleak"
 
 	"github.com/pgbaton/pgbaton"
 	"github.com/pgbaton/pgbaton/periodic"
@@ -25,14 +25,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(childMain())
 	}
-	code := pgtest.Run(m, pgtest.Options{})
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m))
 }
 
 // testLogger discards log output unless PGBATON_TEST_LOG=1.

@@ -3,13 +3,10 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
-	"go.uber.org/goleak"
-
-	"github.com/pgbaton/pgbaton/pgtest"
+	"github.com/pgbaton/pgbaton/internal/testmain"
 )
 
 // TestMain runs the CLI instead of the tests when the test binary is started
@@ -19,12 +16,5 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && commands[os.Args[1]] != nil {
 		os.Exit(cliMain(os.Args[1:]))
 	}
-	code := pgtest.Run(m, pgtest.Options{})
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m))
 }

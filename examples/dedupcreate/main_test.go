@@ -8,8 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgbaton/pgbaton/internal/testmain"
+
 	"github.com/jackc/pgx/v5"
-	"go.uber.org/goleak"
 
 	"github.com/pgbaton/pgbaton/examples/internal/childproc"
 	"github.com/pgbaton/pgbaton/pgtest"
@@ -19,14 +20,7 @@ func TestMain(m *testing.M) {
 	if args, ok := childproc.Args(); ok {
 		os.Exit(cli(args))
 	}
-	code := pgtest.Run(m, pgtest.Options{})
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m))
 }
 
 // runProcesses starts procs processes of calls concurrent calls each for one

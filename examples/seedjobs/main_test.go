@@ -9,9 +9,7 @@ import (
 	"syscall"
 	"testing"
 
-	"go.uber.org/goleak"
-
-	"github.com/pgbaton/pgbaton/pgtest"
+	"github.com/pgbaton/pgbaton/internal/testmain"
 )
 
 // childEnv makes the test binary run as one service instance (configured
@@ -22,14 +20,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) == "1" {
 		os.Exit(childMain())
 	}
-	code := pgtest.Run(m, pgtest.Options{})
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m))
 }
 
 func childMain() int {

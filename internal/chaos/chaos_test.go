@@ -2,13 +2,12 @@ package chaos
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"slices"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/pgbaton/pgbaton/internal/testmain"
 
 	"github.com/pgbaton/pgbaton/internal/history"
 	"github.com/pgbaton/pgbaton/pgtest"
@@ -31,14 +30,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(WorkerEnv) != "" {
 		os.Exit(WorkerMain()) // a re-executed worker: no cluster of its own
 	}
-	code := pgtest.Run(m, pgtest.Options{})
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m))
 }
 
 func run(t *testing.T, o Options) *Report {

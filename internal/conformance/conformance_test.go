@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgbaton/pgbaton/internal/testmain"
+
 	"github.com/jackc/pgx/v5"
-	"go.uber.org/goleak"
 
 	"github.com/pgbaton/pgbaton"
 	"github.com/pgbaton/pgbaton/internal/conformance"
@@ -19,14 +20,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	code := pgtest.Run(m, pgtest.Options{})
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m))
 }
 
 // TestFake runs the suite against the in-memory fake.
