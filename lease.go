@@ -134,7 +134,18 @@ func (ls *Lease) Release() error {
 	ok, err := ls.b.Unlock(ls)
 	switch {
 	case !ls.b.Forget(ls):
-		// The backend reported the loss (or is about to): it wins.
+		// The backend dropped the lease concurrently (its connection
+		// failed) and is reporting the loss; end the lease here too, so
+		// the call below cannot wait on this very Release. Whichever
+		// ending comes first stands.
+		switch {
+		case err != nil:
+			ls.lose(err)
+		case !ok:
+			ls.lose(ErrUnlockFalse)
+		default:
+			ls.end(ErrReleased) // the unlock went through before the failure
+		}
 	case err != nil:
 		ls.lose(err)
 	case !ok:

@@ -316,3 +316,79 @@ func TestLongWaitGrantIsNotBornLost(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Releases racing the loss of their connection all return, each with a
+// definite outcome (released or lost), never hanging.
+func TestReleaseRacingConnectionLoss(t *testing.T) {
+	t.Parallel()
+	cl := pgtest.Shared()
+	dsn := cl.NewDatabase(t)
+	ctx := testCtx(t)
+	l := newTestLocker(t, dsn, func(c *Config) { c.MaxConns = 1 })
+	for round := range 5 {
+		var leases []*Lease
+		for i := range 40 {
+			ls, err := l.TryAcquire(ctx, KeyInt64(int64(round*100+i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			leases = append(leases, ls)
+		}
+		_, pid := leases[0].Conn()
+		results := make(chan error, len(leases))
+		for _, ls := range leases {
+			go func() { results <- ls.Release() }()
+		}
+		if err := cl.TerminateBackend(ctx, int(pid)); err != nil {
+			t.Logf("terminate: %v (the releases may have finished first)", err)
+		}
+		for range leases {
+			select {
+			case err := <-results:
+				if err != nil && !errors.Is(err, ErrLeaseLost) {
+					t.Fatalf("Release = %v, want nil or ErrLeaseLost", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("a Release racing the connection's loss hung")
+			}
+		}
+		for _, ls := range leases {
+			if ls.Err() == nil {
+				t.Fatal("a lease has no outcome after Release returned")
+			}
+		}
+	}
+}
+
+// The window in which a failing connection has dropped its leases but not
+// yet reported them: a Release that lands there must still end the lease
+// and return, not wait on itself.
+func TestReleaseInsideTheLossWindow(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared().NewDatabase(t)
+	ctx := testCtx(t)
+	l := newTestLocker(t, dsn)
+	ls, err := l.TryAcquire(ctx, KeyName("window"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ls.conn()
+	l.mu.Lock() // what failLocked does first, before it reports the loss
+	delete(c.leases, ls)
+	c.nleases.Store(int32(len(c.leases)))
+	l.unreserveLocked(ls.key.ident())
+	l.mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- ls.Release() }()
+	select {
+	case err := <-done:
+		if err != nil && !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("Release = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Release waited on itself")
+	}
+	if ls.Err() == nil {
+		t.Fatal("lease has no outcome")
+	}
+}
