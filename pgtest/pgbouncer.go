@@ -70,22 +70,7 @@ type PgBouncer struct {
 // stop the process last reported with "pid N" and remove the directory.
 const pgbouncerCleanup = `
 dir=$1
-alive() {
-	[ -n "$1" ] || return 1
-	if [ -r "/proc/$1/stat" ]; then
-		s=$(sed 's/^.*) //;s/ .*$//' "/proc/$1/stat" 2>/dev/null)
-		[ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]
-	else
-		kill -0 "$1" 2>/dev/null
-	fi
-}
-case "$pid" in ''|*[!0-9]*) pid= ;; esac
-if alive "$pid"; then
-	kill -TERM "$pid" 2>/dev/null
-	i=0
-	while alive "$pid" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-	alive "$pid" && kill -KILL "$pid" 2>/dev/null
-fi
+stop TERM 50
 rm -rf "$dir"
 `
 

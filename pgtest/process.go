@@ -200,6 +200,19 @@ type watchdog struct {
 // exited postmaster whose parent died may never be reaped by a minimal init.
 const clusterCleanup = `
 dir=$1
+if [ -z "$pid" ] && [ -r "$dir/data/postmaster.pid" ]; then
+	pid=$(head -n 1 "$dir/data/postmaster.pid")
+fi
+stop QUIT 150
+rm -rf "$dir"
+if [ -e "$dir" ]; then sleep 1; rm -rf "$dir"; fi
+`
+
+// watchdogLoop reads commands until "disarm" (exit without acting) or EOF
+// (run the clean-up). "pid N" records the process to stop; "pid" clears it.
+// It defines for the clean-up: alive PID (zombies count as gone) and
+// stop SIGNAL TENTHS (signal $pid, wait up to TENTHS/10 s, then SIGKILL).
+const watchdogLoop = `
 alive() {
 	[ -n "$1" ] || return 1
 	if [ -r "/proc/$1/stat" ]; then
@@ -209,23 +222,15 @@ alive() {
 		kill -0 "$1" 2>/dev/null
 	fi
 }
-if [ -z "$pid" ] && [ -r "$dir/data/postmaster.pid" ]; then
-	pid=$(head -n 1 "$dir/data/postmaster.pid")
-fi
-case "$pid" in ''|*[!0-9]*) pid= ;; esac
-if alive "$pid"; then
-	kill -QUIT "$pid" 2>/dev/null
+stop() {
+	case "$pid" in ''|*[!0-9]*) return 0 ;; esac
+	alive "$pid" || return 0
+	kill -"$1" "$pid" 2>/dev/null
 	i=0
-	while alive "$pid" && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done
+	while alive "$pid" && [ $i -lt "$2" ]; do sleep 0.1; i=$((i+1)); done
 	alive "$pid" && kill -KILL "$pid" 2>/dev/null
-fi
-rm -rf "$dir"
-if [ -e "$dir" ]; then sleep 1; rm -rf "$dir"; fi
-`
-
-// watchdogLoop reads commands until "disarm" (exit without acting) or EOF
-// (run the clean-up). "pid N" records the process to stop; "pid" clears it.
-const watchdogLoop = `
+	return 0
+}
 pid=
 while IFS= read -r line; do
 	case "$line" in
