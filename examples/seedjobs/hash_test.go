@@ -120,7 +120,9 @@ func TestWithoutSkipLockedRowsAreHashedTwice(t *testing.T) {
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM audit_records WHERE hash_attempts > 1`).Scan(&twice); err != nil {
 		t.Fatal(err)
 	}
-	if twice != 50 {
-		t.Errorf("%d records hashed more than once without SKIP LOCKED, want the 50 both workers read", twice)
+	// The first batches are read by both workers at a barrier: those 50 are
+	// certainly hashed twice. Later batches may overlap too, by chance.
+	if twice < 50 {
+		t.Errorf("%d records hashed more than once without SKIP LOCKED, want at least the 50 both workers read at the barrier", twice)
 	}
 }
