@@ -36,6 +36,7 @@ type lockConn struct {
 	prepared [nStmtKinds][2][3]bool
 
 	leases   map[*Lease]struct{} // (l.mu)
+	keys     map[ident]int       // (l.mu) leases per key on this session
 	nleases  atomic.Int32        // len(leases), readable without l.mu
 	waiting  bool                // (l.mu) in a blocking wait; not selectable
 	inflight int                 // (l.mu) operations picked for this conn
@@ -64,7 +65,7 @@ func (l *Locker) dial(ctx context.Context, seq int64) (*lockConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConnect, err)
 	}
-	c := &lockConn{l: l, pg: pg, pid: pg.PID(), name: name, leases: map[*Lease]struct{}{}, closed: make(chan struct{})}
+	c := &lockConn{l: l, pg: pg, pid: pg.PID(), name: name, leases: map[*Lease]struct{}{}, keys: map[ident]int{}, closed: make(chan struct{})}
 	if err := c.setup(ctx); err != nil {
 		closeCtx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
@@ -172,6 +173,23 @@ func (c *lockConn) bound() time.Time {
 	return time.Unix(0, c.lastConfirmed.Load()).Add(c.l.cfg.LeaseTimeout)
 }
 
+// lostErrLocked is the error for an operation that finds c dead; l.mu must
+// be held. The cause is set before dead.
+func (c *lockConn) lostErrLocked() error {
+	cause := c.cause
+	if cause == nil {
+		cause = errors.New("connection closing")
+	}
+	return &connLostError{Conn: c.name, PID: c.pid, Cause: cause}
+}
+
+// forgetKey makes sure this session holds k no more (see forgetKeyLocked).
+func (c *lockConn) forgetKey(k Key, mode Mode) error {
+	return c.do(time.Now().Add(c.l.cfg.ReleaseTimeout), func(ctx context.Context) error {
+		return c.forgetKeyLocked(ctx, k, mode, nil)
+	})
+}
+
 // errConnFailed is returned by operations on a connection that already failed.
 func (c *lockConn) failedErr() error {
 	select {
@@ -185,6 +203,7 @@ func (c *lockConn) failedErr() error {
 // do runs fn on the connection with c.mu held, under deadline. A round trip
 // the server answered (even with an error) confirms the connection; a
 // network error or timeout fails the connection and every lease on it.
+// Closing the Locker ends fn at once: its context is the Locker's.
 func (c *lockConn) do(deadline time.Time, fn func(ctx context.Context) error) error {
 	c.lock()
 	defer c.unlock()
@@ -196,22 +215,118 @@ func (c *lockConn) do(deadline time.Time, fn func(ctx context.Context) error) er
 		c.failLocked(ErrHeartbeatTimeout)
 		return c.failedErr()
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	ctx, cancel := context.WithDeadline(c.l.closeCtx, deadline)
 	err := fn(ctx)
 	cancel()
+	c.settleErrLocked(sent, err)
+	if err := c.failedErr(); err != nil {
+		return err
+	}
+	return err
+}
+
+// settleErrLocked classifies the outcome of a round trip sent at sent: an
+// answer from the server (even an error) confirms the connection; anything
+// else (a closed connection, a timeout, the Locker closing) fails it.
+// c.mu must be held.
+func (c *lockConn) settleErrLocked(sent time.Time, err error) {
 	var pgErr *pgconn.PgError
 	switch {
 	case err == nil || (errors.As(err, &pgErr) && !c.pg.IsClosed()):
 		c.confirm(sent)
+	case c.l.closeCtx.Err() != nil:
+		c.failLocked(ErrLockerClosed)
 	case c.pg.IsClosed() || pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded):
 		cause := err
 		if pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) {
 			cause = fmt.Errorf("%w: %w", ErrHeartbeatTimeout, err)
 		}
 		c.failLocked(cause)
+	}
+}
+
+// doKey is do for a statement that can change this session's hold on k (a
+// lock or an unlock). Session advisory locks outlive statement errors, and
+// PostgreSQL can grant a queued lock and still end the statement with an
+// error (lock_timeout firing at the grant, a cancel landing after it, a
+// failing nextval after the grant). So after ANY error on a connection that
+// stays open, the session's hold on k is unknown, and it is made known, free
+// of us, before the connection serves anything else (see forgetKeyLocked).
+// except is the lease being released, if any.
+func (c *lockConn) doKey(deadline time.Time, k Key, mode Mode, except *Lease, fn func(ctx context.Context) error) error {
+	return c.do(deadline, func(ctx context.Context) error {
+		err := fn(ctx)
+		if err != nil && !c.pg.IsClosed() {
+			if ferr := c.forgetKeyLocked(ctx, k, mode, except); ferr != nil {
+				return ferr
+			}
+		}
+		return err
+	})
+}
+
+// errLockStateUnknown is the cause given to the leases of a connection closed
+// because a failed statement left its hold on a key unknown.
+var errLockStateUnknown = errors.New("lock state unknown after a failed lock statement")
+
+// forgetKeyLocked makes sure the session holds k no more: it repeats the
+// guarded unlock until the server answers false. When other leases on this
+// session hold k too (shared), the session's count cannot be known, and the
+// connection is closed instead (its leases are reported lost); the same when
+// the unlock itself keeps failing. A late or repeated cancel (57014) is
+// retried. It returns nil when the key is known free of this session, or the
+// connection's failure. c.mu must be held.
+func (c *lockConn) forgetKeyLocked(ctx context.Context, k Key, mode Mode, except *Lease) error {
+	id := k.ident()
+	c.l.mu.Lock()
+	others := c.keys[id]
+	if except != nil {
+		if _, ok := c.leases[except]; ok {
+			others--
+		}
+	}
+	c.l.mu.Unlock()
+	if others > 0 {
+		c.failLocked(fmt.Errorf("%w: %w (key %q is also held by other leases on this session)", ErrLeaseLost, errLockStateUnknown, k))
 		return c.failedErr()
 	}
-	return err
+	cancels := 0
+	for range 8 {
+		held, err := c.execUnlock(ctx, k, mode)
+		switch {
+		case err == nil && !held:
+			return nil
+		case err == nil:
+			continue // it was held: unlock again until the server says false
+		case isCode(err, "57014") && cancels < 3 && !c.pg.IsClosed():
+			cancels++
+			continue
+		}
+		if c.pg.IsClosed() {
+			return err // do fails the connection
+		}
+		c.failLocked(fmt.Errorf("%w: %w", errLockStateUnknown, err))
+		return c.failedErr()
+	}
+	c.failLocked(fmt.Errorf("%w: key %q still held after 8 unlocks", errLockStateUnknown, k))
+	return c.failedErr()
+}
+
+// execUnlock runs the guarded unlock of k once. c.mu must be held.
+func (c *lockConn) execUnlock(ctx context.Context, k Key, mode Mode) (bool, error) {
+	s := stmtID{stmtUnlock, mode, k.space, c.fence}
+	if err := c.prepare(ctx, s); err != nil {
+		return false, err
+	}
+	params := append([][]byte{be32(c.pid)}, keyParams(k)...)
+	res := c.pg.ExecPrepared(ctx, s.name(), params, fmtBinary[:len(params)], fmtBinary1).Read()
+	if res.Err != nil {
+		return false, res.Err
+	}
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
+		return false, fmt.Errorf("pgbaton: unexpected answer to an unlock: %d rows", len(res.Rows))
+	}
+	return len(res.Rows[0][0]) == 1 && res.Rows[0][0][0] == 1, nil
 }
 
 func (c *lockConn) hasLeases() bool { return c.nleases.Load() > 0 }
@@ -219,7 +334,22 @@ func (c *lockConn) hasLeases() bool { return c.nleases.Load() > 0 }
 // addLeaseLocked records ls on c; l.mu must be held.
 func (c *lockConn) addLeaseLocked(ls *Lease) {
 	c.leases[ls] = struct{}{}
+	c.keys[ls.key.ident()]++
 	c.nleases.Store(int32(len(c.leases)))
+}
+
+// removeLeaseLocked drops ls from c; l.mu must be held.
+func (c *lockConn) removeLeaseLocked(ls *Lease) bool {
+	if _, ok := c.leases[ls]; !ok {
+		return false
+	}
+	delete(c.leases, ls)
+	id := ls.key.ident()
+	if c.keys[id]--; c.keys[id] <= 0 {
+		delete(c.keys, id)
+	}
+	c.nleases.Store(int32(len(c.leases)))
+	return true
 }
 
 // prepare makes sure statement s exists on the session. c.mu must be held.
@@ -241,7 +371,7 @@ func (c *lockConn) tryLock(k Key, mode Mode) (ok bool, token int64, err error) {
 	if b := c.bound(); c.hasLeases() && b.Before(deadline) {
 		deadline = b
 	}
-	err = c.do(deadline, func(ctx context.Context) error {
+	err = c.doKey(deadline, k, mode, nil, func(ctx context.Context) error {
 		s := stmtID{stmtTry, mode, k.space, c.fence}
 		if err := c.prepare(ctx, s); err != nil {
 			return err
@@ -261,29 +391,34 @@ func (c *lockConn) tryLock(k Key, mode Mode) (ok bool, token int64, err error) {
 		}
 		return nil
 	})
+	if err != nil {
+		ok = false
+	}
 	return ok, token, err
 }
 
-// unlock runs the guarded pg_advisory_unlock[_shared]. It reports whether the
-// server still held the lock.
-func (c *lockConn) unlockKey(k Key, mode Mode) (bool, error) {
+// unlockKey runs the guarded pg_advisory_unlock[_shared] for ls. It reports
+// whether the server still held the lock. If the unlock statement fails on
+// a connection that stays open (an operator's pg_cancel_backend, say), the
+// hold is made known by repeating the unlock (forgetKeyLocked): the lock was
+// held until this moment either way.
+func (c *lockConn) unlockKey(ls *Lease) (bool, error) {
+	k, mode := ls.key, ls.mode
 	var ok bool
 	deadline := time.Now().Add(c.l.cfg.ReleaseTimeout)
 	if b := c.bound(); b.Before(deadline) {
 		deadline = b
 	}
 	err := c.do(deadline, func(ctx context.Context) error {
-		s := stmtID{stmtUnlock, mode, k.space, c.fence}
-		if err := c.prepare(ctx, s); err != nil {
-			return err
+		var err error
+		ok, err = c.execUnlock(ctx, k, mode)
+		if err != nil && !c.pg.IsClosed() {
+			if ferr := c.forgetKeyLocked(ctx, k, mode, ls); ferr != nil {
+				return ferr
+			}
+			ok, err = true, nil
 		}
-		params := append([][]byte{be32(c.pid)}, keyParams(k)...)
-		res := c.pg.ExecPrepared(ctx, s.name(), params, fmtBinary[:len(params)], fmtBinary1).Read()
-		if res.Err != nil {
-			return res.Err
-		}
-		ok = len(res.Rows) == 1 && len(res.Rows[0][0]) == 1 && res.Rows[0][0][0] == 1
-		return nil
+		return err
 	})
 	return ok, err
 }
@@ -294,7 +429,7 @@ func (c *lockConn) unlockKey(k Key, mode Mode) (bool, error) {
 // wait with 57014 and the connection survives.
 func (c *lockConn) waitLock(ctx context.Context, k Key, mode Mode, wait time.Duration) (token int64, err error) {
 	deadline := time.Now().Add(wait + c.l.cfg.LeaseTimeout)
-	err = c.do(deadline, func(opCtx context.Context) error {
+	err = c.doKey(deadline, k, mode, nil, func(opCtx context.Context) error {
 		s := stmtID{stmtWait, mode, k.space, c.fence}
 		if err := c.prepare(opCtx, s); err != nil {
 			return err
@@ -321,10 +456,17 @@ func (c *lockConn) heartbeatLocked() error {
 	if !c.hasLeasesOrWaiting() {
 		deadline = sent.Add(c.l.cfg.LeaseTimeout)
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	ctx, cancel := context.WithDeadline(c.l.closeCtx, deadline)
 	defer cancel()
 	_, err := c.pg.Exec(ctx, "SELECT 1").ReadAll()
-	if err != nil {
+	var pgErr *pgconn.PgError
+	if err != nil && !(errors.As(err, &pgErr) && !c.pg.IsClosed()) {
+		// An error the server answered on an open connection (a cancel
+		// from an operator's script: 57014) still proves it alive, and
+		// SELECT 1 holds no lock; anything else ends the connection.
+		if c.l.closeCtx.Err() != nil {
+			return ErrLockerClosed
+		}
 		if pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("%w: %w", ErrHeartbeatTimeout, err)
 		}
@@ -448,6 +590,7 @@ func (c *lockConn) failLocked(cause error) {
 			l.unreserveLocked(ls.key.ident())
 		}
 		c.leases = nil
+		c.keys = nil
 		c.nleases.Store(0)
 		// pgconn may finish closing in a goroutine of its own (after a
 		// timed-out statement); Close waits for it, bounded.
@@ -505,7 +648,7 @@ func isCode(err error, code string) bool {
 type connBackend struct{ c *lockConn }
 
 func (b connBackend) Unlock(ls *Lease) (bool, error) {
-	ok, err := b.c.unlockKey(ls.key, ls.mode)
+	ok, err := b.c.unlockKey(ls)
 	if ok && err == nil {
 		b.c.l.stats.released.Add(1)
 	} else if err == nil {
@@ -517,10 +660,8 @@ func (b connBackend) Unlock(ls *Lease) (bool, error) {
 func (b connBackend) Forget(ls *Lease) bool {
 	c, l := b.c, b.c.l
 	l.mu.Lock()
-	_, mine := c.leases[ls]
+	mine := c.removeLeaseLocked(ls)
 	if mine {
-		delete(c.leases, ls)
-		c.nleases.Store(int32(len(c.leases)))
 		l.unreserveLocked(ls.key.ident())
 		l.notifyLocked()
 	}

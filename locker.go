@@ -66,7 +66,9 @@ type Locker struct {
 	held    map[ident]*hold
 	closed  bool
 	connSeq int64
-	avail   chan struct{} // closed (and replaced) when connection capacity may have changed
+	// dialFailed is when a dial last failed while connections had room.
+	dialFailed time.Time
+	avail      chan struct{} // closed (and replaced) when connection capacity may have changed
 	waited  bool          // someone holds avail to wait on it
 
 	closeCtx    context.Context
@@ -198,24 +200,51 @@ func (l *Locker) unreserveLocked(id ident) {
 	}
 }
 
+// dialBackoff is how long pick uses the connections it has, with room on
+// them, instead of dialing again after a dial failed.
+const dialBackoff = time.Second
+
 // pick chooses a connection for a try: the least busy live connection with
-// room, dialing a new one while under MaxConns if every existing one is busy.
-// A connection in a blocking wait is never picked. When none is usable but
-// one may become so (a dial or a wait in progress), it waits until deadline.
-func (l *Locker) pick(ctx context.Context, deadline time.Time) (*lockConn, error) {
+// room, preferring one whose session does not hold key already (so an error
+// on it can always be cleaned up by unlocking), dialing a new one while under
+// MaxConns if every existing one is busy. A failed dial falls back to the
+// connections that have room. A connection in a blocking wait is never
+// picked. When none is usable but one may become so (a dial or a wait in
+// progress), it waits until deadline.
+func (l *Locker) pick(ctx context.Context, key ident, deadline time.Time) (*lockConn, error) {
 	for {
 		l.mu.Lock()
 		var best *lockConn
+		bestHas := false
 		for _, c := range l.conns {
 			if c.dead || c.waiting || len(c.leases) >= l.cfg.MaxLocksPerConn {
 				continue
 			}
-			if best == nil || c.inflight < best.inflight || (c.inflight == best.inflight && len(c.leases) < len(best.leases)) {
-				best = c
+			has := c.keys[key] > 0
+			switch {
+			case best == nil, bestHas && !has:
+			case has != bestHas:
+				continue
+			case c.inflight < best.inflight, c.inflight == best.inflight && len(c.leases) < len(best.leases):
+			default:
+				continue
 			}
+			best, bestHas = c, has
 		}
-		if (best == nil || best.inflight > 0) && len(l.conns)+l.dialing < l.cfg.MaxConns {
-			return l.dialLocked(ctx, false)
+		canDial := len(l.conns)+l.dialing < l.cfg.MaxConns && (best == nil || time.Since(l.dialFailed) >= dialBackoff)
+		if (best == nil || best.inflight > 0 || bestHas) && canDial {
+			c, err := l.dialLocked(ctx, false)
+			if err == nil || best == nil || errors.Is(err, ErrLockerClosed) || context.Cause(ctx) != nil {
+				return c, err
+			}
+			// A live connection has room: a failed dial (the role's
+			// CONNECTION LIMIT, max_connections) is not this caller's
+			// failure. Use what there is, and dial again later.
+			l.mu.Lock()
+			l.dialFailed = time.Now()
+			l.mu.Unlock()
+			l.log.Warn("pgbaton: cannot open another lock connection; using the open ones", "conns", len(l.conns), "err", err)
+			continue
 		}
 		if best != nil {
 			best.inflight++
@@ -383,7 +412,7 @@ func (l *Locker) reserveWait(ctx context.Context, key Key, o acquireOptions, sta
 func (l *Locker) acquireReserved(ctx context.Context, key Key, o acquireOptions, start, deadline time.Time) (*Lease, error) {
 	if o.wait > 0 {
 		c, err := l.pickEmpty(ctx)
-		if err != nil {
+		if err != nil && !l.canPoll(err) {
 			return nil, err
 		}
 		if c != nil {
@@ -398,7 +427,7 @@ func (l *Locker) acquireReserved(ctx context.Context, key Key, o acquireOptions,
 		pickBy = start.Add(l.cfg.ConnectTimeout)
 	}
 	for {
-		c, err := l.pick(ctx, pickBy)
+		c, err := l.pick(ctx, key.ident(), pickBy)
 		if err != nil {
 			return nil, err
 		}
@@ -426,23 +455,33 @@ func (l *Locker) acquireReserved(ctx context.Context, key Key, o acquireOptions,
 }
 
 func (l *Locker) blockingWait(ctx context.Context, c *lockConn, key Key, mode Mode, start, deadline time.Time) (*Lease, error) {
-	wctx, cancel := context.WithCancelCause(ctx)
-	stop := context.AfterFunc(l.closeCtx, func() { cancel(ErrLockerClosed) })
-	token, err := c.waitLock(wctx, key, mode, time.Until(deadline))
-	stop()
-	gaveUp := context.Cause(wctx)
-	cancel(nil)
-	if err == nil {
-		err = c.refresh()
-	}
-	if err == nil && gaveUp != nil {
-		// Granted just as the caller gave up: hand it back.
-		if _, uerr := c.unlockKey(key, mode); uerr != nil {
-			l.log.Error("pgbaton: releasing a lock granted after its caller gave up", "key", key.String(), "err", uerr)
+	for {
+		wctx, cancel := context.WithCancelCause(ctx)
+		stop := context.AfterFunc(l.closeCtx, func() { cancel(ErrLockerClosed) })
+		token, err := c.waitLock(wctx, key, mode, time.Until(deadline))
+		stop()
+		gaveUp := context.Cause(wctx)
+		cancel(nil)
+		if err == nil {
+			err = c.refresh()
 		}
-		err = gaveUp
-	}
-	if err != nil {
+		if err == nil && gaveUp != nil {
+			// Granted just as the caller gave up: hand it back.
+			if ferr := c.forgetKey(key, mode); ferr != nil {
+				l.log.Error("pgbaton: releasing a lock granted after its caller gave up", "key", key.String(), "err", ferr)
+			}
+			err = gaveUp
+		}
+		if err == nil {
+			return l.grant(c, key, mode, start, token)
+		}
+		if gaveUp == nil && isCode(err, "57014") && c.failedErr() == nil && time.Until(deadline) > 0 {
+			// Someone else cancelled the statement (an operator's
+			// pg_cancel_backend): the key is known free of this session
+			// (doKey), so wait again for what is left of the bound.
+			l.log.Warn("pgbaton: lock wait cancelled by the server; waiting again", "key", key.String(), "conn", c.name, "err", err)
+			continue
+		}
 		l.done(c)
 		switch {
 		case isCode(err, "55P03"):
@@ -454,10 +493,26 @@ func (l *Locker) blockingWait(ctx context.Context, c *lockConn, key Key, mode Mo
 		}
 		return nil, l.lockErr(key, err)
 	}
-	return l.grant(c, key, mode, start, token)
 }
 
 var errWaitExpired = errors.New("wait expired")
+
+// canPoll reports whether a failed dial for a blocking wait can fall back to
+// polling on the connections already open.
+func (l *Locker) canPoll(err error) bool {
+	if !errors.Is(err, ErrConnect) {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		if !c.dead {
+			l.dialFailed = time.Now()
+			return true
+		}
+	}
+	return false
+}
 
 func waitChan(ctx, closeCtx context.Context, ch <-chan struct{}, deadline time.Time) error {
 	t := time.NewTimer(time.Until(deadline))
@@ -499,9 +554,10 @@ func (l *Locker) grant(c *lockConn, key Key, mode Mode, start time.Time, token i
 	}
 	l.notifyLocked()
 	if c.dead {
+		lost := c.lostErrLocked()
 		l.mu.Unlock()
 		ls.cancel(nil)
-		return nil, l.lockErr(key, c.failedErr())
+		return nil, l.lockErr(key, lost)
 	}
 	c.addLeaseLocked(ls)
 	l.mu.Unlock()
@@ -526,6 +582,8 @@ func (l *Locker) busy(key Key, mode Mode, waited time.Duration, local bool) erro
 // lockErr maps server errors to the typed ones.
 func (l *Locker) lockErr(key Key, err error) error {
 	switch {
+	case err == nil:
+		return fmt.Errorf("pgbaton: lock %q: %w", key, errors.New("failed without a cause"))
 	case isCode(err, "53200"):
 		return fmt.Errorf("%w: key %q: %w", ErrLockTableFull, key, err)
 	case isCode(err, "40P01"):

@@ -160,7 +160,8 @@ func (c *lockConn) cancelOn(ctx context.Context) func(opCtx context.Context) {
 	cancelled := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		defer close(cancelled)
-		cctx, cancel := context.WithTimeout(context.Background(), c.l.cfg.ConnectTimeout)
+		// Bounded, and ended at once by Close.
+		cctx, cancel := context.WithTimeout(c.l.closeCtx, c.l.cfg.ConnectTimeout)
 		defer cancel()
 		_ = c.pg.CancelRequest(cctx) // if it is lost, lock_timeout still ends the wait
 	})
