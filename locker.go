@@ -69,7 +69,7 @@ type Locker struct {
 	// dialFailed is when a dial last failed while connections had room.
 	dialFailed time.Time
 	avail      chan struct{} // closed (and replaced) when connection capacity may have changed
-	waited  bool          // someone holds avail to wait on it
+	waited     bool          // someone holds avail to wait on it
 
 	closeCtx    context.Context
 	closeCancel context.CancelCauseFunc
