@@ -3,12 +3,15 @@ package pgbaton
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgbaton/pgbaton/pgtest"
 )
@@ -269,4 +272,105 @@ func TestIdleConnectionsRetire(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = ls.Release()
+}
+
+// Close must not wait for a network that answers nothing: a blocking wait
+// and a held lease behind a black hole (the issue saw 39 s, longer than
+// Kubernetes' 30 s grace).
+func TestCloseBoundedUnderBlackHole(t *testing.T) {
+	t.Parallel()
+	cl := pgtest.Shared()
+	name, dsn := cl.NewDB(t)
+	ctx := testCtx(t)
+	p, err := pgtest.NewProxy(cl.TCPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	other := newTestLocker(t, dsn)
+	blocker, err := other.TryAcquire(ctx, KeyName("busy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Release()
+	l := newTestLocker(t, cl.ProxyDSN(p, name), func(c *Config) { c.MaxConns = 3 })
+	held, err := l.TryAcquire(ctx, KeyName("held"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitErr := make(chan error, 1)
+	go func() {
+		_, err := l.Acquire(ctx, KeyName("busy"), Wait(20*time.Second))
+		waitErr <- err
+	}()
+	admin := adminConn(t, dsn)
+	waitFor(t, 10*time.Second, "the wait to queue", func() bool {
+		var n int
+		_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").Scan(&n)
+		return n == 1
+	})
+	p.BlackHole()
+	start := time.Now()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if err := <-waitErr; !errors.Is(err, ErrLockerClosed) {
+		t.Fatalf("wait during Close = %v, want ErrLockerClosed", err)
+	}
+	if !errors.Is(held.Err(), ErrLockerClosed) {
+		t.Fatalf("held lease after Close: %v", held.Err())
+	}
+	// The documented bound is about 200 ms; 5 s leaves room for a loaded
+	// machine and still fails the old behaviour (wait + LeaseTimeout).
+	if took > 5*time.Second {
+		t.Fatalf("Close took %s under a black hole", took)
+	}
+	t.Logf("Close under a black hole took %s", took.Round(time.Millisecond))
+	p.Heal()
+}
+
+// A failed dial (the role's CONNECTION LIMIT) must not fail a try while an
+// open lock connection has room.
+func TestDialFailureFallsBackToOpenConnections(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared().NewDatabase(t)
+	admin := adminConn(t, dsn)
+	ctx := testCtx(t)
+	role := "limited_" + dbName(t, dsn)
+	if _, err := admin.Exec(ctx, "CREATE ROLE "+role+" LOGIN CONNECTION LIMIT 1"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = adminConn(t, dsn).Exec(context.Background(), "DROP ROLE IF EXISTS "+role)
+	})
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.User = role
+	l := newTestLocker(t, "", func(c *Config) { c.ConnString = ""; c.ConnConfig = cfg; c.MaxConns = 4 })
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	var first atomic.Value
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 50 {
+				ls, err := l.TryAcquire(ctx, KeyName(fmt.Sprintf("dial-%d-%d", g, i)))
+				if err != nil {
+					failed.Add(1)
+					first.CompareAndSwap(nil, err)
+					continue
+				}
+				if err := ls.Release(); err != nil {
+					failed.Add(1)
+					first.CompareAndSwap(nil, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d of 400 tries failed; first: %v", n, first.Load())
+	}
 }

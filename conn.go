@@ -608,13 +608,26 @@ func (c *lockConn) failLocked(cause error) {
 		for _, ls := range leases {
 			ls.lose(lost)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), closeGoodbye)
 		_ = c.pg.Close(ctx) // the connection is being discarded; the cause is what matters
 		cancel()
 		go func() {
+			// pgconn may still be cleaning up a connection it abandoned
+			// (after a statement's context ended it sends a cancel request
+			// and a goodbye, bounded by pgconn at 15 s). Wait for it, but
+			// once the Locker is closing, not past closeGoodbye: that
+			// goroutine is pgconn's, and its bound is pgconn's.
 			defer l.wg.Done()
 			t := time.NewTimer(15 * time.Second)
 			defer t.Stop()
+			select {
+			case <-c.pg.CleanupDone():
+				return
+			case <-t.C:
+				return
+			case <-l.closeCtx.Done():
+			}
+			t.Reset(closeGoodbye)
 			select {
 			case <-c.pg.CleanupDone():
 			case <-t.C:
