@@ -273,8 +273,8 @@ var errLockStateUnknown = errors.New("lock state unknown after a failed lock sta
 // guarded unlock until the server answers false. When other leases on this
 // session hold k too (shared), the session's count cannot be known, and the
 // connection is closed instead (its leases are reported lost); the same when
-// the unlock itself keeps failing. A late or repeated cancel (57014) is
-// retried. It returns nil when the key is known free of this session, or the
+// the unlock fails otherwise or past the statement's deadline. A late or
+// repeated cancel (57014) is retried within that deadline. It returns nil when the key is known free of this session, or the
 // connection's failure. c.mu must be held.
 func (c *lockConn) forgetKeyLocked(ctx context.Context, k Key, mode Mode, except *Lease) error {
 	id := k.ident()
@@ -290,17 +290,19 @@ func (c *lockConn) forgetKeyLocked(ctx context.Context, k Key, mode Mode, except
 		c.failLocked(fmt.Errorf("%w: %w (key %q is also held by other leases on this session)", ErrLeaseLost, errLockStateUnknown, k))
 		return c.failedErr()
 	}
-	cancels := 0
-	for range 8 {
+	unlocks := 0
+	for ctx.Err() == nil {
 		held, err := c.execUnlock(ctx, k, mode)
 		switch {
 		case err == nil && !held:
 			return nil
-		case err == nil:
+		case err == nil && unlocks < 8:
+			unlocks++
 			continue // it was held: unlock again until the server says false
-		case isCode(err, "57014") && cancels < 3 && !c.pg.IsClosed():
-			cancels++
-			continue
+		case err == nil:
+			err = fmt.Errorf("key %q still held after %d unlocks", k, unlocks)
+		case isCode(err, "57014") && !c.pg.IsClosed():
+			continue // another cancel: the unlock is idempotent, run it again
 		}
 		if c.pg.IsClosed() {
 			return err // do fails the connection
@@ -308,7 +310,7 @@ func (c *lockConn) forgetKeyLocked(ctx context.Context, k Key, mode Mode, except
 		c.failLocked(fmt.Errorf("%w: %w", errLockStateUnknown, err))
 		return c.failedErr()
 	}
-	c.failLocked(fmt.Errorf("%w: key %q still held after 8 unlocks", errLockStateUnknown, k))
+	c.failLocked(fmt.Errorf("%w: %w", errLockStateUnknown, context.Cause(ctx)))
 	return c.failedErr()
 }
 

@@ -292,3 +292,75 @@ func TestWaitRacingReleaseLeavesNothing(t *testing.T) {
 	}
 	t.Logf("%d rounds: %d granted, %d ended without the lock; none left a lock behind", rounds, granted, failed)
 }
+
+// An operator's script cancelling "long-running queries" in a loop
+// (pg_cancel_backend of every pgbaton backend): cancels land on heartbeats,
+// tries and unlocks at random. A held lease is never lost to them, Release
+// never fails because of them, and whatever a try reports, nothing but the
+// held key is left on the server.
+func TestServerCancelsNeverLoseOrLeak(t *testing.T) {
+	t.Parallel()
+	dsn, admin, l := fencedLocker(t, func(c *Config) {
+		c.MaxConns = 1
+		c.HeartbeatInterval = 10 * time.Millisecond
+	})
+	ctx := testCtx(t)
+	held, err := l.TryAcquire(ctx, KeyName("held"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var cancels int
+	var stopOnce sync.Once
+	halt := func() { stopOnce.Do(func() { close(stop); wg.Wait() }) }
+	defer halt()
+	c := adminConn(t, dsn)
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var n int
+			if err := c.QueryRow(ctx, `SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity
+				WHERE application_name LIKE 'pgbaton:%' AND datname = current_database()`).Scan(&n); err != nil {
+				t.Error(err)
+				return
+			}
+			cancels += n
+		}
+	})
+	tries, tryErrs := 0, 0
+	deadline := time.Now().Add(2 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		k := KeyName(fmt.Sprintf("churn-%d", i%7))
+		tries++
+		ls, err := l.TryAcquire(ctx, k)
+		if err != nil {
+			if !containsCode(err, "57014") {
+				t.Fatalf("try %d: %v", i, err)
+			}
+			tryErrs++
+			continue
+		}
+		if err := ls.Release(); err != nil {
+			t.Fatalf("Release %d: %v", i, err)
+		}
+	}
+	halt()
+	if err := held.Err(); err != nil {
+		t.Fatalf("held lease lost to a cancel: %v", err)
+	}
+	for i := range 7 {
+		mustBeFree(t, admin, KeyName(fmt.Sprintf("churn-%d", i)), "after the churn")
+	}
+	if hs := holders(t, admin, KeyName("held")); len(hs) != 1 {
+		t.Fatalf("held key holders = %+v", hs)
+	}
+	if err := held.Release(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d cancels sent; %d tries, %d ended by a cancel", cancels, tries, tryErrs)
+}
