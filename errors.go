@@ -45,6 +45,20 @@ var (
 	// ErrConnect: a lock connection could not be opened within
 	// Config.ConnectTimeout.
 	ErrConnect = errors.New("pgbaton: cannot open lock connection")
+	// ErrConnLost: the lock connection a call ran on failed during the call
+	// (terminated backend, restart, network). The caller holds nothing: the
+	// server frees every lock of a closed session.
+	ErrConnLost = errors.New("pgbaton: lock connection lost")
+	// ErrStatementCanceled: the server cancelled the lock statement (SQLSTATE
+	// 57014: an operator's pg_cancel_backend, or a statement_timeout). The
+	// caller holds nothing, and the key is free of this Locker: after any
+	// failed lock statement the session's hold is made known before the
+	// connection serves anything else.
+	ErrStatementCanceled = errors.New("pgbaton: lock statement cancelled by the server")
+	// ErrLockFailed: any other server error from a lock statement. As for
+	// every error from an acquisition, the caller holds nothing and the key
+	// is free of this Locker.
+	ErrLockFailed = errors.New("pgbaton: lock statement failed")
 )
 
 // NotAcquiredError says which key was busy and how long the caller waited
@@ -113,6 +127,9 @@ func (e *connLostError) Error() string {
 }
 
 func (e *connLostError) Unwrap() error { return e.Cause }
+
+// Is makes errors.Is(err, ErrConnLost) true.
+func (e *connLostError) Is(target error) bool { return target == ErrConnLost }
 
 // ErrHeartbeatTimeout is the cause of a loss when no heartbeat was confirmed
 // within Config.LeaseTimeout: the network or the server stopped answering.

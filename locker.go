@@ -579,19 +579,24 @@ func (l *Locker) busy(key Key, mode Mode, waited time.Duration, local bool) erro
 	return &NotAcquiredError{Key: key, Mode: mode, Waited: waited, Local: local}
 }
 
-// lockErr maps server errors to the typed ones.
+// lockErr maps the failure of a lock statement to the typed errors. Whatever
+// it is, the caller holds nothing and the key is free of this Locker.
 func (l *Locker) lockErr(key Key, err error) error {
 	switch {
 	case err == nil:
-		return fmt.Errorf("pgbaton: lock %q: %w", key, errors.New("failed without a cause"))
+		return fmt.Errorf("%w: key %q: failed without a cause", ErrLockFailed, key)
 	case isCode(err, "53200"):
 		return fmt.Errorf("%w: key %q: %w", ErrLockTableFull, key, err)
 	case isCode(err, "40P01"):
 		return fmt.Errorf("%w: key %q: %w", ErrDeadlock, key, err)
+	case isCode(err, "57014"):
+		return fmt.Errorf("%w: key %q: %w", ErrStatementCanceled, key, err)
 	case errors.Is(err, ErrLockerClosed):
 		return ErrLockerClosed
+	case errors.Is(err, ErrConnLost), errors.Is(err, ErrConnect), errors.Is(err, ErrTooManyLocks):
+		return fmt.Errorf("pgbaton: lock %q: %w", key, err)
 	}
-	return fmt.Errorf("pgbaton: lock %q: %w", key, err)
+	return fmt.Errorf("%w: key %q: %w", ErrLockFailed, key, err)
 }
 
 // WithLock runs fn while holding key (Acquire's options and bounds apply).

@@ -133,8 +133,8 @@ func TestTryCancelledAfterGrantLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = <-errc
-	if err == nil || !containsCode(err, "57014") {
-		t.Fatalf("TryAcquire = %v, want the 57014 cancel", err)
+	if !errors.Is(err, ErrStatementCanceled) || !containsCode(err, "57014") {
+		t.Fatalf("TryAcquire = %v, want ErrStatementCanceled with the 57014", err)
 	}
 	unblock()
 	mustBeFree(t, admin, k, "after a try cancelled after its grant")
@@ -339,7 +339,7 @@ func TestServerCancelsNeverLoseOrLeak(t *testing.T) {
 		tries++
 		ls, err := l.TryAcquire(ctx, k)
 		if err != nil {
-			if !containsCode(err, "57014") {
+			if !errors.Is(err, ErrStatementCanceled) {
 				t.Fatalf("try %d: %v", i, err)
 			}
 			tryErrs++
