@@ -57,6 +57,35 @@
 // than LeaseTimeout: under a network partition the holder learns it lost the
 // lock before anyone else can take it.
 //
+// # An error means you hold nothing
+//
+// Session advisory locks outlive statement errors, and PostgreSQL can grant a
+// queued lock and still fail the statement (lock_timeout firing at the grant,
+// a cancel arriving just after it, a token draw failing after it). So after
+// ANY failed lock or unlock statement on a connection that stays open, the
+// Locker makes the session's hold on that key known before the connection
+// serves anything else: it repeats the guarded unlock until the server
+// answers false, and if other leases on that session share the key (so the
+// count cannot be known) or the unlock keeps failing, it closes the
+// connection and reports its leases lost. Hence every error from
+// TryAcquire, Acquire, WithLock or WithXactLock means the caller holds
+// nothing and the key is free of this Locker; a Release that an operator's
+// pg_cancel_backend interrupts is completed, not reported as a loss; a
+// heartbeat that the server answers with an error (a cancel) still proves the
+// connection alive; and a blocking wait cancelled by the server waits again
+// for what is left of its bound ([ErrStatementCanceled] if a try is
+// cancelled). The tests in lockstate_test.go force each of these on a real
+// server.
+//
+// # Every wait is bounded
+//
+// Acquire waits at most its Wait (or ctx); every statement on a lock
+// connection has a deadline (the wait plus Config.LeaseTimeout at most); a
+// dial is bounded by Config.ConnectTimeout, and a failed dial falls back to
+// open connections with room. [Locker.Close] ends in-flight statements
+// through their contexts and closes every connection in parallel: it returns
+// within about 300 ms even when the network is a black hole.
+//
 // # What pgbaton does NOT guarantee
 //
 //   - A process that is frozen (SIGSTOP, a long GC or VM pause, a debugger)
