@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strconv"
 	"syscall"
 )
 
@@ -50,6 +51,22 @@ func (e *usageError) Error() string { return e.msg }
 func usagef(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
 }
+
+// exitCodeError ends a command with a given exit status; main's run uses
+// it as is.
+type exitCodeError struct {
+	code int
+	err  error // already reported when nil
+}
+
+func (e *exitCodeError) Error() string {
+	if e.err == nil {
+		return "exit status " + strconv.Itoa(e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitCodeError) Unwrap() error { return e.err }
 
 // Exit statuses.
 const (
@@ -93,9 +110,16 @@ func run(ctx context.Context, args []string, out *output) int {
 	}
 	err := cmd.Run(ctx, out, args[1:])
 	var ue *usageError
+	var ce *exitCodeError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return exitOK
+	case errors.As(err, &ce):
+		// The command chose its exit status and reported what it had to.
+		if ce.err != nil {
+			printf(out.Stderr, "pgbaton %s: %v\n", name, ce.err)
+		}
+		return ce.code
 	case errors.As(err, &ue):
 		printf(out.Stderr, "pgbaton %s: %v\nrun 'pgbaton help %s' for usage\n", name, err, name)
 		return exitUsage
