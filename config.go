@@ -82,6 +82,12 @@ type Config struct {
 
 	// Logger receives structured events. Default slog.Default().
 	Logger *slog.Logger
+	// Observer, if set, receives every acquisition's outcome, release and
+	// loss as an [Event], for metrics (see package contrib/prometheus). It
+	// is called synchronously on the caller's goroutine (a loss: on the
+	// goroutine that noticed it), so it must be fast and must not block or
+	// call back into the Locker. Default none.
+	Observer func(Event)
 	// BusyLogLevel is the level of "lock busy" events. Default Info.
 	BusyLogLevel slog.Level
 

@@ -23,6 +23,7 @@ type Lease struct {
 	holder   string
 	pid      uint32
 	log      func(msg string, args ...any)
+	observe  func(Event) // Config.Observer, or nil
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -178,5 +179,12 @@ func (ls *Lease) end(err error) bool {
 	}
 	ls.mu.Unlock()
 	ls.cancel(err)
+	if ls.observe != nil {
+		e := Event{Kind: EventRelease, Key: ls.key, Mode: ls.mode, Held: time.Since(ls.acquired)}
+		if !errors.Is(err, ErrReleased) {
+			e.Kind, e.Err = EventLoss, err
+		}
+		ls.observe(e)
+	}
 	return true
 }

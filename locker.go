@@ -382,13 +382,16 @@ func (l *Locker) acquire(ctx context.Context, key Key, o acquireOptions) (*Lease
 		deadline = d
 	}
 	if err := l.reserveWait(ctx, key, o, start, deadline); err != nil {
+		l.observeAcquire(key, o.mode, start, err)
 		return nil, err
 	}
 	lease, err := l.acquireReserved(ctx, key, o, start, deadline)
 	if err != nil {
 		l.unreserve(key.ident())
+		l.observeAcquire(key, o.mode, start, err)
 		return nil, err
 	}
+	l.observeAcquire(key, o.mode, start, nil)
 	return lease, nil
 }
 
@@ -544,6 +547,7 @@ func (l *Locker) waitEnded(ctx context.Context, key Key, mode Mode, waited time.
 func (l *Locker) grant(c *lockConn, key Key, mode Mode, start time.Time, token int64) (*Lease, error) {
 	ls := newLease(connBackend{c}, key, mode, c.name, c.pid, l.log)
 	ls.token, ls.hasToken = token, c.fence != ""
+	ls.observe = l.cfg.Observer
 
 	now := ls.acquired
 	l.mu.Lock()
