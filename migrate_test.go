@@ -330,17 +330,28 @@ func TestMigrateUpToDateIgnoresHeldLock(t *testing.T) {
 
 // TestMigrateConcurrentUnderDatabaseLockTimeout: with the database's
 // lock_timeout at 200ms, eight instances that start together on a fresh
-// database (queued behind a session that holds the migration lock for
-// longer than that) all succeed, and each migration is applied once.
+// database (queued behind a session that holds the migration lock until
+// each of them has waited longer than that) all succeed, and each
+// migration is applied once.
 func TestMigrateConcurrentUnderDatabaseLockTimeout(t *testing.T) {
 	t.Parallel()
+	for _, settings := range [][]string{{"lock_timeout"}, {"lock_timeout", "statement_timeout"}} {
+		t.Run(strings.Join(settings, "+"), func(t *testing.T) {
+			t.Parallel()
+			migrateConcurrentUnder(t, settings)
+		})
+	}
+}
+
+// migrateConcurrentUnder runs TestMigrateConcurrentUnderDatabaseLockTimeout
+// with each of settings at 200ms on the database.
+func migrateConcurrentUnder(t *testing.T, settings []string) {
 	ctx := testCtx(t)
 	db, dsn := pgtest.Shared().NewDB(t)
-	if err := pgtest.Shared().AlterDatabaseSet(ctx, db, "lock_timeout", "200ms"); err != nil {
-		t.Fatal(err)
-	}
-	if err := pgtest.Shared().AlterDatabaseSet(ctx, db, "statement_timeout", "200ms"); err != nil {
-		t.Fatal(err)
+	for _, name := range settings {
+		if err := pgtest.Shared().AlterDatabaseSet(ctx, db, name, "200ms"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	const n = 8
 	conns := make([]*pgx.Conn, n)
@@ -365,9 +376,17 @@ func TestMigrateConcurrentUnderDatabaseLockTimeout(t *testing.T) {
 			returned.Add(1)
 		}()
 	}
-	// Release once every instance queues (or one gave up: the old failure).
-	waitFor(t, 20*time.Second, "all instances to queue for the migration lock", func() bool {
-		return obs.waiting() == n || returned.Load() > 0
+	// Release once every instance has waited longer than the database's
+	// lock_timeout (or one gave up: the old failure).
+	waitFor(t, 20*time.Second, "all instances to wait past the database's lock_timeout", func() bool {
+		var queued int
+		var newest float64
+		if err := obs.c.QueryRow(ctx, `SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - max(waitstart)), 0)::float8
+			FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&queued, &newest); err != nil {
+			t.Fatal(err)
+		}
+		return returned.Load() > 0 || (queued == n && newest > 0.4)
 	})
 	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock_all()"); err != nil {
 		t.Fatal(err)
