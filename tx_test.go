@@ -441,7 +441,7 @@ var txCases = []struct {
 		if got := tx.show(ctx, "lock_timeout"); got != before {
 			t.Fatalf("lock_timeout after LockTx = %q, want the transaction's %q", got, before)
 		}
-		if err := tx.exec(ctx, "SET LOCAL lock_timeout = '7s'"); err != nil {
+		if err := tx.exec(ctx, "SET LOCAL lock_timeout = '7s'; SET LOCAL statement_timeout = '9s'"); err != nil {
 			t.Fatal(err)
 		}
 		if err := tx.lock(ctx, KeyName("tx.lt2"), Wait(250*time.Millisecond)); err != nil {
@@ -449,6 +449,9 @@ var txCases = []struct {
 		}
 		if got := tx.show(ctx, "lock_timeout"); got != "7s" {
 			t.Fatalf("lock_timeout after LockTx = %q, want the transaction's own 7s", got)
+		}
+		if got := tx.show(ctx, "statement_timeout"); got != "9s" {
+			t.Fatalf("statement_timeout after LockTx = %q, want the transaction's own 9s", got)
 		}
 	}},
 	{"SameKeyDerivationAsSQL", func(t *testing.T, f txFixture) {
