@@ -135,9 +135,10 @@ func (r xactRequest) result(ctx context.Context, granted bool, err error, intact
 	aborted := func(cause error) error { return fmt.Errorf("%w (%w)", cause, ErrTxAborted) }
 	state := sqlState(err)
 	if cause := context.Cause(ctx); cause != nil && (state == "57014" || state == "") {
-		// The caller gave up: pgx answers a cancelled context with a
-		// cancel request, which ends the statement with 57014 and aborts
-		// the transaction.
+		// The caller gave up. pgx's default context handling closes the
+		// connection (the transaction is gone with it); with
+		// pgconn.CancelRequestContextWatcherHandler a cancel request ends
+		// the statement with 57014, which aborts the transaction.
 		e := fmt.Errorf("pgbaton: lock %q: waiting ended by the context after %s: %w (%v)", r.key, time.Since(r.start).Round(time.Millisecond), cause, err)
 		if intact {
 			return e
@@ -194,15 +195,17 @@ func TryLockTx(ctx context.Context, tx pgx.Tx, key Key, opts ...Option) error {
 // statement_timeout cannot cut the wait short: statement_timeout is set to
 // the wait plus 1s for that statement by a statement sent just before it in
 // the same round trip (a pgx batch). The lock statement restores both
-// settings, so one round trip leaves nothing behind but the transaction-local
-// placeholder setting pgbaton.statement_timeout. These per-statement
-// timeouts need PostgreSQL 13 or later.
+// settings, so one round trip leaves nothing behind but the placeholder
+// setting pgbaton.statement_timeout, set locally (empty after the
+// transaction). These per-statement timeouts need PostgreSQL 13 or later.
 //
 // An expired wait returns a [*NotAcquiredError] that also matches
 // [ErrTxAborted]: PostgreSQL aborted tx, which must be rolled back. A ctx
 // cancelled during the wait returns an error that matches ctx's cause
 // (context.Canceled, or the cause given to a CancelCauseFunc) and
-// [ErrTxAborted]: pgx's cancel request ended the statement. Bad input
+// [ErrTxAborted]: pgx closed the connection (its default) or its cancel
+// request ended the statement (pgconn.CancelRequestContextWatcherHandler).
+// Bad input
 // (the zero Key, a negative Wait, an unknown Mode, a nil tx) returns
 // [ErrInvalidKey] or [ErrInvalidOption] (a nil tx also matches
 // [ErrNotInTx]) and leaves tx untouched.
