@@ -253,11 +253,13 @@ func settingEffect(name, v string) string {
 		}
 	case "statement_timeout":
 		if !isZero(v) {
-			return "ends any statement after " + v + " (57014), including a lock wait: LockTx waits longer than it fail early; pgbaton's lock connections set it to 0"
+			return "ends any statement after " + v + " (57014), including a lock wait of the application's own SQL; pgbaton's lock waits do not fail early: " +
+				"its lock connections set it to 0, LockTx/LockSQLTx waits set their own for the wait's statement, Migrate sets 0 in its transaction"
 		}
 	case "lock_timeout":
 		if !isZero(v) {
-			return "bounds lock waits of sessions that set no bound of their own; pgbaton sets its own per call"
+			return "bounds the lock waits of statements that set no bound of their own: the application's SQL and the periodic scheduler's bookkeeping (its row locks), " +
+				"which fail with 55P03 after " + v + "; pgbaton's advisory lock waits (Acquire, WithXactLock, LockTx/LockSQLTx with a wait) and Migrate's transaction set their own"
 		}
 	case "tcp_keepalives_idle":
 		if isZero(v) {

@@ -43,6 +43,15 @@
 // request for a key the same Locker holds exclusively is ordinary contention,
 // decided in-process without a round trip.
 //
+// # Schema
+//
+// [Migrate] (or [Locker.Migrate]) creates the small schema that fencing
+// tokens and package periodic use. On an up-to-date schema it only reads;
+// otherwise its wait for the migration lock is bounded
+// ([MigrateOptions].LockTimeout, [ErrMigrationLockTimeout]) independently of
+// the database's lock_timeout and statement_timeout, so instances may all
+// call it at start-up.
+//
 // # Loss is never silent
 //
 // Every lease has [Lease.Done], [Lease.Context] (cancelled with the cause) and

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -235,4 +236,214 @@ func TestMigrateAllOrNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantAllVersions(t, migrationRows(t, check, DefaultSchema))
+}
+
+// holdMigrationLock takes the migration lock of schema as a session lock on
+// its own connection (application_name stuck-holder), as a stuck session
+// would, and returns that connection and its backend pid.
+func holdMigrationLock(t *testing.T, dsn, schema string) (*pgx.Conn, uint32) {
+	t.Helper()
+	c := adminConn(t, dsn+" application_name=stuck-holder")
+	if _, err := c.Exec(testCtx(t), "SELECT pg_advisory_lock($1)", KeyName("pgbaton.migrate:"+schema).ID()); err != nil {
+		t.Fatal(err)
+	}
+	return c, c.PgConn().PID()
+}
+
+// TestMigrateLockHeldIsBounded: a session that holds the migration lock
+// makes Migrate return the typed error, naming that session, once the
+// documented bound is over, for the package function (LockTimeout) and for
+// Locker.Migrate (Config.AcquireTimeout), even with a context that has no
+// deadline of its own.
+func TestMigrateLockHeldIsBounded(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared().NewDatabase(t)
+	_, pid := holdMigrationLock(t, dsn, DefaultSchema)
+	// No deadline that the bound could borrow: only the bound can end it.
+	// (The test's own context ends the wait after 30s if the bound fails.)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := context.AfterFunc(testCtx(t), cancel)
+	defer stop()
+	go func() {
+		select {
+		case <-time.After(30 * time.Second):
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+
+	check := func(name string, err error, bound time.Duration) {
+		t.Helper()
+		var le *MigrationLockError
+		if !errors.Is(err, ErrMigrationLockTimeout) || !errors.Is(err, ErrNotAcquired) || !errors.As(err, &le) {
+			t.Fatalf("%s while another session holds the migration lock: %v; want a *MigrationLockError", name, err)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%s: the test's 30s fallback ended the wait, not the bound: %v", name, err)
+		}
+		if le.Waited < bound || le.HolderPID != int(pid) || le.HolderApplicationName != "stuck-holder" || le.Schema != DefaultSchema {
+			t.Fatalf("%s: %+v; want Waited >= %s and the holder pid %d, application_name stuck-holder", name, le, bound, pid)
+		}
+		if !strings.Contains(err.Error(), "stuck-holder") || !strings.Contains(err.Error(), "pg_terminate_backend") {
+			t.Fatalf("%s: %q does not name the holder and the fix", name, err)
+		}
+	}
+	c := adminConn(t, dsn)
+	err := MigrateWithOptions(ctx, c, MigrateOptions{LockTimeout: 400 * time.Millisecond})
+	check("MigrateWithOptions", err, 400*time.Millisecond)
+	var exists bool
+	if err := c.QueryRow(ctx, "SELECT to_regnamespace('pgbaton') IS NOT NULL").Scan(&exists); err != nil || exists {
+		t.Fatalf("the timed-out Migrate left schema pgbaton behind (%v)", err)
+	}
+
+	l := newTestLocker(t, dsn, func(c *Config) { c.AcquireTimeout, c.ReleaseTimeout = 500*time.Millisecond, 2*time.Second })
+	check("Locker.Migrate", l.Migrate(ctx), 500*time.Millisecond)
+}
+
+// TestMigrateUpToDateIgnoresHeldLock: on an up-to-date schema Migrate is a
+// read-only no-op: it returns nil even while a session holds the migration
+// lock (with a bound of an hour, so any wait would show).
+func TestMigrateUpToDateIgnoresHeldLock(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	dsn := pgtest.Shared().NewDatabase(t)
+	c := adminConn(t, dsn)
+	if err := Migrate(ctx, c, ""); err != nil {
+		t.Fatal(err)
+	}
+	holder, _ := holdMigrationLock(t, dsn, DefaultSchema)
+	short, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := MigrateWithOptions(short, c, MigrateOptions{LockTimeout: time.Hour}); err != nil {
+		t.Fatalf("Migrate on an up-to-date schema while the migration lock is held: %v; want nil without waiting", err)
+	}
+	l := newTestLocker(t, dsn, func(c *Config) { c.AcquireTimeout = time.Hour })
+	if err := l.Migrate(short); err != nil {
+		t.Fatalf("Locker.Migrate on an up-to-date schema while the migration lock is held: %v", err)
+	}
+	// The holder's lock is untouched and nothing queued behind it.
+	if n := (observer{t, holder}).waiting(); n != 0 {
+		t.Fatalf("%d advisory lock requests still waiting", n)
+	}
+}
+
+// TestMigrateConcurrentUnderDatabaseLockTimeout: with the database's
+// lock_timeout at 200ms, eight instances that start together on a fresh
+// database (queued behind a session that holds the migration lock until
+// each of them has waited longer than that) all succeed, and each
+// migration is applied once.
+func TestMigrateConcurrentUnderDatabaseLockTimeout(t *testing.T) {
+	t.Parallel()
+	for _, settings := range [][]string{{"lock_timeout"}, {"lock_timeout", "statement_timeout"}} {
+		t.Run(strings.Join(settings, "+"), func(t *testing.T) {
+			t.Parallel()
+			migrateConcurrentUnder(t, settings)
+		})
+	}
+}
+
+// migrateConcurrentUnder runs TestMigrateConcurrentUnderDatabaseLockTimeout
+// with each of settings at 200ms on the database.
+func migrateConcurrentUnder(t *testing.T, settings []string) {
+	ctx := testCtx(t)
+	db, dsn := pgtest.Shared().NewDB(t)
+	for _, name := range settings {
+		if err := pgtest.Shared().AlterDatabaseSet(ctx, db, name, "200ms"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 8
+	conns := make([]*pgx.Conn, n)
+	for i := range conns {
+		conns[i] = adminConn(t, dsn)
+	}
+	var lt string
+	if err := conns[0].QueryRow(ctx, "SHOW lock_timeout").Scan(&lt); err != nil || lt != "200ms" {
+		t.Fatalf("lock_timeout in a new session = %q (%v), want the database's 200ms", lt, err)
+	}
+	holder, _ := holdMigrationLock(t, dsn, DefaultSchema)
+	obs := observer{t, adminConn(t, dsn)}
+
+	errs := make([]error, n)
+	var done sync.WaitGroup
+	var returned atomic.Int32
+	for i, c := range conns {
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			errs[i] = Migrate(ctx, c, "")
+			returned.Add(1)
+		}()
+	}
+	// Release once every instance has waited longer than the database's
+	// lock_timeout (or one gave up: the old failure).
+	waitFor(t, 20*time.Second, "all instances to wait past the database's lock_timeout", func() bool {
+		var queued int
+		var newest float64
+		if err := obs.c.QueryRow(ctx, `SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - max(waitstart)), 0)::float8
+			FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&queued, &newest); err != nil {
+			t.Fatal(err)
+		}
+		return returned.Load() > 0 || (queued == n && newest > 0.4)
+	})
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock_all()"); err != nil {
+		t.Fatal(err)
+	}
+	done.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("instance %d: %v", i, err)
+		}
+	}
+	wantAllVersions(t, migrationRows(t, conns[0], DefaultSchema))
+}
+
+// TestMigrateUpToDateAsNonOwner: a role that may only read the schema
+// (USAGE on it, SELECT on its tables, no CREATE anywhere) gets nil from
+// Migrate on an up-to-date schema, and nothing is written.
+func TestMigrateUpToDateAsNonOwner(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	db, dsn := pgtest.Shared().NewDB(t)
+	admin := adminConn(t, dsn)
+	if err := Migrate(ctx, admin, ""); err != nil {
+		t.Fatal(err)
+	}
+	role := "reader_" + strings.TrimPrefix(db, "test")
+	if len(role) > 63 {
+		role = role[:63]
+	}
+	r := pgx.Identifier{role}.Sanitize()
+	if _, err := admin.Exec(ctx, "CREATE ROLE "+r+" LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC; "+
+		"GRANT CONNECT ON DATABASE "+pgx.Identifier{db}.Sanitize()+" TO "+r+"; "+
+		"GRANT USAGE ON SCHEMA pgbaton TO "+r+"; GRANT SELECT ON ALL TABLES IN SCHEMA pgbaton TO "+r); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		_ = pgtest.Shared().Exec(ctx, db, "DROP OWNED BY "+r)
+		if err := pgtest.Shared().Exec(ctx, "postgres", "DROP ROLE "+r); err != nil {
+			t.Errorf("dropping role %s: %v", role, err)
+		}
+	})
+	var before int64
+	if err := admin.QueryRow(ctx, "SELECT count(*) FROM pgbaton.migrations").Scan(&before); err != nil {
+		t.Fatal(err)
+	}
+	reader := adminConn(t, dsn+" user="+role)
+	var canCreate bool
+	if err := reader.QueryRow(ctx, "SELECT has_database_privilege(current_database(), 'CREATE') OR has_schema_privilege('pgbaton', 'CREATE')").Scan(&canCreate); err != nil || canCreate {
+		t.Fatalf("the reader role may create objects (%v): the test would not show a no-op", err)
+	}
+	holdMigrationLock(t, dsn, DefaultSchema)
+	if err := Migrate(ctx, reader, ""); err != nil {
+		t.Fatalf("Migrate as a role that does not own the up-to-date schema: %v; want a no-op nil", err)
+	}
+	var after int64
+	if err := admin.QueryRow(ctx, "SELECT count(*) FROM pgbaton.migrations").Scan(&after); err != nil || after != before {
+		t.Fatalf("pgbaton.migrations has %d rows, %d before (%v)", after, before, err)
+	}
+	wantAllVersions(t, migrationRows(t, admin, DefaultSchema))
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/pgbaton/pgbaton/pgtest"
@@ -176,6 +178,19 @@ func (o observer) mustBeFree(k Key, when string) {
 	if !o.free(k) {
 		o.t.Fatalf("%s: %q is held, want it free", when, k)
 	}
+}
+
+// waitedLongest reports how long the oldest advisory lock request of this
+// database has been waiting (pg_locks.waitstart, PostgreSQL 14+), or 0.
+func (o observer) waitedLongest() time.Duration {
+	var ms float64
+	err := o.c.QueryRow(testCtx(o.t), `SELECT coalesce(max(extract(epoch FROM clock_timestamp() - waitstart)) * 1000, 0)::float8
+		FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&ms)
+	if err != nil {
+		o.t.Fatalf("pg_locks: %v", err)
+	}
+	return time.Duration(ms * float64(time.Millisecond))
 }
 
 // waiting reports how many advisory lock requests wait in this database.
@@ -426,7 +441,7 @@ var txCases = []struct {
 		if got := tx.show(ctx, "lock_timeout"); got != before {
 			t.Fatalf("lock_timeout after LockTx = %q, want the transaction's %q", got, before)
 		}
-		if err := tx.exec(ctx, "SET LOCAL lock_timeout = '7s'"); err != nil {
+		if err := tx.exec(ctx, "SET LOCAL lock_timeout = '7s'; SET LOCAL statement_timeout = '9s'"); err != nil {
 			t.Fatal(err)
 		}
 		if err := tx.lock(ctx, KeyName("tx.lt2"), Wait(250*time.Millisecond)); err != nil {
@@ -434,6 +449,9 @@ var txCases = []struct {
 		}
 		if got := tx.show(ctx, "lock_timeout"); got != "7s" {
 			t.Fatalf("lock_timeout after LockTx = %q, want the transaction's own 7s", got)
+		}
+		if got := tx.show(ctx, "statement_timeout"); got != "9s" {
+			t.Fatalf("statement_timeout after LockTx = %q, want the transaction's own 9s", got)
 		}
 	}},
 	{"SameKeyDerivationAsSQL", func(t *testing.T, f txFixture) {
@@ -450,6 +468,100 @@ var txCases = []struct {
 		if free {
 			t.Fatalf("SQL derivation of %q took the lock the helper holds: the derivations differ", name)
 		}
+	}},
+	{"WaitOutlastsStatementTimeout", func(t *testing.T, f txFixture) {
+		// The database's statement_timeout (1s) is shorter than the Wait
+		// (3s) and than how long the holder keeps the lock (until the
+		// waiter has waited 1.5s): the wait is still granted, and the
+		// transaction's statement_timeout is back afterwards.
+		ctx := testCtx(t)
+		if err := pgtest.Shared().AlterDatabaseSet(ctx, f.db, "statement_timeout", "1s"); err != nil {
+			t.Fatal(err)
+		}
+		k := KeyName("tx.statement-timeout")
+		holder := f.begin(t)
+		if err := holder.lock(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		waiter := f.begin(t)
+		if got := waiter.show(ctx, "statement_timeout"); got != "1s" {
+			t.Fatalf("statement_timeout in the waiter's transaction = %q, want the database's 1s", got)
+		}
+		done := make(chan error, 1)
+		go func() { done <- waiter.lock(ctx, k, Wait(3*time.Second)) }()
+		waitFor(t, 10*time.Second, "the waiter to have waited 1.5s, past statement_timeout", func() bool {
+			select {
+			case err := <-done:
+				t.Fatalf("the waiter returned before the holder released the lock: %v; want it granted", err)
+			default:
+			}
+			return f.obs.waitedLongest() > 1500*time.Millisecond
+		})
+		if err := holder.commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("LockTx(Wait(3s)) under a 1s statement_timeout, released after 1.5s: %v; want it granted", err)
+		}
+		f.obs.mustBeHeld(k, "the waiter was granted")
+		if got := waiter.show(ctx, "statement_timeout"); got != "1s" {
+			t.Fatalf("statement_timeout after the wait = %q, want the transaction's 1s back", got)
+		}
+		if got := waiter.show(ctx, "lock_timeout"); got != "0" {
+			t.Fatalf("lock_timeout after the wait = %q, want the transaction's 0 back", got)
+		}
+		if err := waiter.commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}},
+	{"ContextCancelDuringWait", func(t *testing.T, f txFixture) {
+		ctx := testCtx(t)
+		k := KeyName("tx.cancel")
+		holder := f.begin(t)
+		if err := holder.lock(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		waiter := f.begin(t)
+		cctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		shutdown := errors.New("shutting down")
+		done := make(chan error, 1)
+		go func() { done <- waiter.lock(cctx, k, Wait(20*time.Second)) }()
+		waitFor(t, 10*time.Second, "the waiter to queue", func() bool { return f.obs.waiting() == 1 })
+		cancel(shutdown)
+		err := <-done
+		if !errors.Is(err, shutdown) || !errors.Is(err, ErrTxAborted) || errors.Is(err, ErrNotAcquired) {
+			t.Fatalf("LockTx whose context was cancelled during the wait: %v; want the context's cause and ErrTxAborted", err)
+		}
+		// With pgx's default context handling the connection is closed
+		// (the server drops the queued wait when it notices), so whether
+		// the wait is still queued is not checked here: see
+		// TestLockTxCancelRequestEndsWait.
+		f.obs.mustBeHeld(k, "the holder is unaffected")
+	}},
+	{"InvalidOptionsRejectedUntouched", func(t *testing.T, f txFixture) {
+		ctx := testCtx(t)
+		tx := f.begin(t)
+		k := KeyName("tx.invalid")
+		for _, tc := range []struct {
+			name string
+			err  error
+			want error
+		}{
+			{"lock, zero key", tx.lock(ctx, Key{}), ErrInvalidKey},
+			{"try, zero key", tx.try(ctx, Key{}), ErrInvalidKey},
+			{"lock, negative wait", tx.lock(ctx, k, Wait(-time.Second)), ErrInvalidOption},
+			{"lock, unknown mode", tx.lock(ctx, k, Mode(7)), ErrInvalidOption},
+			{"try, unknown mode", tx.try(ctx, k, Mode(7)), ErrInvalidOption},
+		} {
+			if !errors.Is(tc.err, tc.want) || errors.Is(tc.err, ErrTxAborted) {
+				t.Errorf("%s: %v; want %v, the transaction untouched", tc.name, tc.err, tc.want)
+			}
+		}
+		if err := tx.exec(ctx, "SELECT 1"); err != nil {
+			t.Fatalf("bad input touched the transaction: %v", err)
+		}
+		f.obs.mustBeFree(k, "after rejected calls")
 	}},
 	{"InvalidInput", func(t *testing.T, f txFixture) {
 		ctx := testCtx(t)
@@ -518,4 +630,88 @@ func TestLockTxContextDeadlineBoundsWait(t *testing.T) {
 	if tx.Conn().IsClosed() {
 		t.Fatal("the connection was closed: the driver's context handling ended the wait, not the server")
 	}
+}
+
+// TestTxHelpersRejectNilTx: a nil transaction, untyped or a typed nil
+// pointer, is rejected by every helper with ErrInvalidOption (and
+// ErrNotInTx), without a panic.
+func TestTxHelpersRejectNilTx(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	k := KeyName("nil-tx")
+	for name, err := range map[string]error{
+		"LockTx nil":                  LockTx(ctx, nil, k),
+		"TryLockTx nil":               TryLockTx(ctx, nil, k),
+		"LockSQLTx nil":               LockSQLTx(ctx, nil, k),
+		"TryLockSQLTx nil":            TryLockSQLTx(ctx, nil, k),
+		"LockSQLTx (*sql.Tx)(nil)":    LockSQLTx(ctx, (*sql.Tx)(nil), k),
+		"TryLockSQLTx (*sql.Tx)(nil)": TryLockSQLTx(ctx, (*sql.Tx)(nil), k),
+	} {
+		if !errors.Is(err, ErrInvalidOption) || !errors.Is(err, ErrNotInTx) {
+			t.Errorf("%s: %v; want ErrInvalidOption and ErrNotInTx", name, err)
+		}
+	}
+}
+
+// TestLockTxCancelRequestEndsWait: with pgx configured to answer a cancelled
+// context with a cancel request (pgconn.CancelRequestContextWatcherHandler),
+// the server ends the wait with 57014 and keeps the connection; LockTx
+// reports the context's cause, typed, with ErrTxAborted, and the wait is no
+// longer queued.
+func TestLockTxCancelRequestEndsWait(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	dsn := pgtest.Shared().NewDatabase(t)
+	obs := observer{t, adminConn(t, dsn)}
+	k := KeyName("cancel-request")
+	holder, err := adminConn(t, dsn).Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(context.Background())
+	if err := TryLockTx(ctx, holder, k); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, CancelRequestDelay: 0, DeadlineDelay: 10 * time.Second}
+	}
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	shutdown := errors.New("shutting down")
+	done := make(chan error, 1)
+	go func() { done <- LockTx(cctx, tx, k, Wait(20*time.Second)) }()
+	waitFor(t, 10*time.Second, "the waiter to queue", func() bool { return obs.waiting() == 1 })
+	cancel(shutdown)
+	err = <-done
+	var pgErr *pgconn.PgError
+	if !errors.Is(err, shutdown) || !errors.Is(err, ErrTxAborted) || errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("LockTx cancelled by a cancel request: %v; want the context's cause and ErrTxAborted", err)
+	}
+	if c.IsClosed() {
+		t.Fatal("the connection was closed: the cancel request was not used")
+	}
+	if errors.As(err, &pgErr) {
+		t.Fatalf("the server's 57014 is exposed as the error's chain (%v); it should be context only", err)
+	}
+	if n := obs.waiting(); n != 0 {
+		t.Fatalf("%d waits still queued after the cancel request ended the statement", n)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatalf("rollback after the cancelled wait: %v", err)
+	}
+	obs.mustBeHeld(k, "the holder is unaffected")
 }
