@@ -30,7 +30,7 @@ type lockConn struct {
 	pg    *pgconn.PgConn
 	pid   uint32
 	name  string // application_name
-	fence string // fencing sequence when the schema exists, else ""
+	fence string // SQL expression drawing a fencing token when the schema exists, else ""
 
 	mu       sync.Mutex // held while using pg
 	prepared [nStmtKinds][2][3]bool
@@ -84,13 +84,13 @@ func (c *lockConn) setup(ctx context.Context) error {
 	if c.pg.ParameterStatus("in_hot_standby") == "on" {
 		return ErrHotStandby
 	}
-	seq := c.l.cfg.Schema + ".fence_token"
-	res := c.pg.ExecParams(ctx, "SELECT pg_backend_pid()::int8, pg_is_in_recovery(), to_regclass($1) IS NOT NULL",
-		[][]byte{[]byte(seq)}, nil, nil, nil).Read()
+	schema := c.l.cfg.Schema
+	res := c.pg.ExecParams(ctx, "SELECT pg_backend_pid()::int8, pg_is_in_recovery(), to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+		[][]byte{[]byte(schema + ".fence_token"), []byte(schema + ".fence_counter")}, nil, nil, nil).Read()
 	if res.Err != nil {
 		return fmt.Errorf("%w: checking the server: %w", ErrConnect, res.Err)
 	}
-	if len(res.Rows) != 1 || len(res.Rows[0]) != 3 {
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 4 {
 		return fmt.Errorf("%w: unexpected answer to the server check", ErrConnect)
 	}
 	pid, _ := strconv.ParseUint(string(res.Rows[0][0]), 10, 32)
@@ -103,8 +103,13 @@ func (c *lockConn) setup(ctx context.Context) error {
 		}
 		c.pid = uint32(pid)
 	}
-	if string(res.Rows[0][2]) == "t" {
-		c.fence = seq
+	fastTokens := string(res.Rows[0][3]) == "t"
+	switch {
+	case fastTokens:
+		// (epoch << 44) | counter: see migrations/005_fast_tokens.sql.
+		c.fence = schema + ".fence_next()"
+	case string(res.Rows[0][2]) == "t":
+		c.fence = "nextval('" + schema + ".fence_token')"
 	}
 	cfg := c.l.cfg
 	set := []string{
@@ -125,6 +130,16 @@ func (c *lockConn) setup(ctx context.Context) error {
 	}
 	if _, err := c.pg.Exec(ctx, strings.Join(set, "; ")).ReadAll(); err != nil {
 		return fmt.Errorf("%w: pinning session settings: %w", ErrConnect, err)
+	}
+	if fastTokens {
+		// Before this session draws a token: bump the epoch if the unlogged
+		// counter was reset (a crash, a promotion), durably.
+		if _, err := c.pg.Exec(ctx, "SELECT "+schema+".fence_prepare()").ReadAll(); err != nil {
+			if isCode(err, "42501") {
+				return fmt.Errorf("%w: preparing fencing tokens: %w (grant EXECUTE ON FUNCTION %s.fence_prepare(), SELECT ON %s.fence_epoch and USAGE ON SEQUENCE %s.fence_counter to this role; pgbaton migrate sql prints the grants)", ErrConnect, err, schema, schema, schema)
+			}
+			return fmt.Errorf("%w: preparing fencing tokens: %w", ErrConnect, err)
+		}
 	}
 	return nil
 }

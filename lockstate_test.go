@@ -17,9 +17,9 @@ import (
 // the key is free of us": session advisory locks outlive statement errors,
 // and PostgreSQL can grant a lock and still fail the statement.
 
-// blockFence makes nextval on the fencing sequence wait: ALTER SEQUENCE takes
-// SHARE ROW EXCLUSIVE, which conflicts with nextval's ROW EXCLUSIVE, until
-// the returned function ends the transaction. A lock statement that draws a
+// blockFence makes drawing a fencing token wait: the token reads the epoch
+// row, and an ACCESS EXCLUSIVE lock on its table holds that read until the
+// returned function ends the transaction. A lock statement that draws a
 // token then fails AFTER its grant, at will.
 func blockFence(t *testing.T, dsn string) (unblock func()) {
 	t.Helper()
@@ -28,7 +28,7 @@ func blockFence(t *testing.T, dsn string) (unblock func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(testCtx(t), "ALTER SEQUENCE pgbaton.fence_token INCREMENT BY 1"); err != nil {
+	if _, err := tx.Exec(testCtx(t), "LOCK TABLE pgbaton.fence_epoch IN ACCESS EXCLUSIVE MODE"); err != nil {
 		t.Fatal(err)
 	}
 	var once sync.Once

@@ -23,7 +23,7 @@ type stmtID struct {
 	kind  stmtKind
 	mode  Mode
 	space keySpace
-	fence string // quoted sequence name when the session draws fencing tokens
+	fence string // SQL expression drawing a token when the session draws fencing tokens
 }
 
 // stmtNames[kind][mode][space][fenced] are the prepared statements' names.
@@ -67,7 +67,7 @@ func (s stmtID) sql() string {
 		if s.fence != "" {
 			// The token is drawn only on a grant, after it: it orders
 			// grants of the same key.
-			return "SELECT l, CASE WHEN l THEN nextval('" + s.fence + "') END FROM pg_try_advisory_lock" + sfx + "(" + keyArgs(s.space, 1) + ") AS l"
+			return "SELECT l, CASE WHEN l THEN " + s.fence + " END FROM pg_try_advisory_lock" + sfx + "(" + keyArgs(s.space, 1) + ") AS l"
 		}
 		return "SELECT pg_try_advisory_lock" + sfx + "(" + keyArgs(s.space, 1) + ")"
 	case stmtWait:
@@ -77,7 +77,7 @@ func (s stmtID) sql() string {
 		// after the grant.
 		q := "SELECT set_config('lock_timeout', $1::text, true), pg_advisory_lock" + sfx + "(" + keyArgs(s.space, 2) + ")"
 		if s.fence != "" {
-			q += ", nextval('" + s.fence + "')"
+			q += ", " + s.fence
 		}
 		return q
 	case stmtXact:
@@ -86,7 +86,7 @@ func (s stmtID) sql() string {
 		// the transaction if this process stops heartbeating it.
 		q := "SELECT set_config('idle_in_transaction_session_timeout', $1::text, true), set_config('lock_timeout', $2::text, true), pg_advisory_xact_lock" + sfx + "(" + keyArgs(s.space, 3) + ")"
 		if s.fence != "" {
-			q += ", nextval('" + s.fence + "')"
+			q += ", " + s.fence
 		}
 		return q
 	case stmtUnlock:
