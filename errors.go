@@ -22,6 +22,9 @@ var (
 	ErrLockerClosed = errors.New("pgbaton: locker closed")
 	// ErrInvalidKey: the key is the zero Key or its name is unusable.
 	ErrInvalidKey = errors.New("pgbaton: invalid key")
+	// ErrInvalidOption: an Option given to Acquire, TryAcquire, WithLock or
+	// WithXactLock is unusable (an unknown Mode, a negative Wait).
+	ErrInvalidOption = errors.New("pgbaton: invalid option")
 	// ErrInvalidConfig: Config validation failed. See [ConfigError].
 	ErrInvalidConfig = errors.New("pgbaton: invalid config")
 	// ErrPoolerDetected: the connection goes through a connection pooler or
