@@ -20,7 +20,13 @@ type Config struct {
 
 	// MaxConns bounds the Locker's dedicated lock connections, which are
 	// never shared with the application's pool. Default 10
-	// (DATABASE_LOCK_POOL_MAX).
+	// (DATABASE_LOCK_POOL_MAX). Blocking waits and WithXactLock transactions
+	// each take a connection of their own, together at most MaxConns-1, so
+	// one is left for tries. With MaxConns 1 Acquire polls with tries instead
+	// of waiting in the server's queue, and the only connection serves one
+	// WithXactLock at a time once it carries no lease; meanwhile tries and
+	// acquires of other keys wait for it within their own bounds, then
+	// return ErrTooManyLocks.
 	MaxConns int
 	// MaxLocksPerConn bounds the leases multiplexed on one connection. Every
 	// statement on a session pays for each lock it holds (about 0.13 µs

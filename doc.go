@@ -39,6 +39,11 @@
 // sessions. Code that takes locks should depend on [Interface], which the
 // in-memory fake of package pgbatontest also implements.
 //
+// [Locker.WithLock] and [Locker.WithXactLock] release the lock when their
+// function returns, and also when it panics or calls runtime.Goexit
+// (t.FailNow); WithXactLock then rolls its transaction back. The panic goes
+// on unchanged.
+//
 // Leases are not re-entrant: each is an independent holder, so a second
 // request for a key the same Locker holds exclusively is ordinary contention,
 // decided in-process without a round trip.

@@ -22,8 +22,9 @@ var (
 	ErrLockerClosed = errors.New("pgbaton: locker closed")
 	// ErrInvalidKey: the key is the zero Key or its name is unusable.
 	ErrInvalidKey = errors.New("pgbaton: invalid key")
-	// ErrInvalidOption: an option of one call is unusable (a negative Wait,
-	// an unknown Mode, a nil transaction or connection).
+	// ErrInvalidOption: an option of one call is unusable (an unknown Mode,
+	// a negative Wait, a nil transaction), in every entry point: Acquire,
+	// TryAcquire, WithLock, WithXactLock, the transaction helpers, the fake.
 	ErrInvalidOption = errors.New("pgbaton: invalid option")
 	// ErrInvalidConfig: Config validation failed. See [ConfigError].
 	ErrInvalidConfig = errors.New("pgbaton: invalid config")

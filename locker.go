@@ -267,11 +267,21 @@ func (l *Locker) pick(ctx context.Context, key ident, deadline time.Time) (*lock
 }
 
 // pickEmpty chooses a connection with no leases for a blocking wait, dialing
-// one if allowed. It keeps at least one connection free of waits so tries and
-// releases always have somewhere to run; nil means "poll instead".
-func (l *Locker) pickEmpty(ctx context.Context) (*lockConn, error) {
+// one if allowed. Blocking waits and WithXactLock transactions together use
+// at most MaxConns-1 connections, so one is always left for tries (with
+// MaxConns 1, Acquire polls with tries instead of waiting in the server's
+// queue); nil means "poll instead".
+func (l *Locker) pickEmpty(ctx context.Context) (*lockConn, error) { return l.pickEmptyFor(ctx, false) }
+
+// pickEmptyFor is pickEmpty; xact is for a WithXactLock transaction, which
+// cannot poll instead: with MaxConns 1 it may take the only connection.
+func (l *Locker) pickEmptyFor(ctx context.Context, xact bool) (*lockConn, error) {
 	l.mu.Lock()
-	if l.waiters >= l.cfg.MaxConns-1 {
+	limit := l.cfg.MaxConns - 1
+	if xact {
+		limit = max(limit, 1)
+	}
+	if l.waiters >= limit {
 		l.mu.Unlock()
 		return nil, nil
 	}
@@ -370,8 +380,8 @@ func (l *Locker) acquire(ctx context.Context, key Key, o acquireOptions) (*Lease
 	if err := key.validate(); err != nil {
 		return nil, err
 	}
-	if o.wait < 0 {
-		return nil, fmt.Errorf("pgbaton: negative wait %s; use Wait(0) to try once", o.wait)
+	if err := o.validate(); err != nil {
+		return nil, err
 	}
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
@@ -606,8 +616,10 @@ func (l *Locker) lockErr(key Key, err error) error {
 // WithLock runs fn while holding key (Acquire's options and bounds apply).
 // fn's context is cancelled, with the [*LeaseLostError] as its cause, if the
 // lease is lost; fn should stop touching the guarded resource then. The lease
-// is released when fn returns. The error is fn's, joined with the lease's if
-// the lease was lost or its release failed.
+// is released when fn returns, and also when fn panics or calls
+// runtime.Goexit (t.FailNow), after which the panic goes on unchanged. The
+// error is fn's, joined with the lease's if the lease was lost or its
+// release failed.
 func (l *Locker) WithLock(ctx context.Context, key Key, fn func(ctx context.Context) error, opts ...Option) error {
 	lease, err := l.Acquire(ctx, key, opts...)
 	if err != nil {
@@ -615,6 +627,11 @@ func (l *Locker) WithLock(ctx context.Context, key Key, fn func(ctx context.Cont
 	}
 	fctx, cancel := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(lease.Context(), func() { cancel(context.Cause(lease.Context())) })
+	defer func() { // after a panic or runtime.Goexit in fn; Release is idempotent
+		stop()
+		cancel(errFnAborted)
+		_ = lease.Release()
+	}()
 	ferr := fn(fctx)
 	stop()
 	cancel(nil)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -21,7 +22,22 @@ import (
 // heartbeated, so the server's idle_in_transaction_session_timeout (set on
 // this transaction to Config.XactIdleTimeout) reaps only a stalled process,
 // never a healthy long fn; if the lock is lost, fn's context is cancelled
-// with the [*LeaseLostError]. COMMIT releases the lock.
+// with the [*LeaseLostError]. When fn returns, COMMIT releases the lock. If fn
+// panics or ends its goroutine with runtime.Goexit (t.FailNow), the
+// transaction is rolled back instead, the lock connection is returned idle
+// (or closed when its state is not known) and the panic goes on unchanged.
+//
+// The transaction needs a lock connection of its own, with no leases, for
+// the whole of fn. Blocking waits and these transactions together use at
+// most MaxConns-1 connections, so one is left for tries; with MaxConns 1 the
+// only connection serves one WithXactLock at a time, once it carries no
+// lease. While it does, TryAcquire and Acquire of other keys on the same
+// Locker wait for it within their own bounds and then return
+// ErrTooManyLocks (a conflicting key is decided in-process, without it), so
+// with MaxConns 1 do not take other locks of the same Locker inside fn.
+// Waiting for a free connection counts against the Wait option and returns
+// an error matching ErrTooManyLocks when it expires. An invalid option
+// returns an error matching [ErrInvalidOption].
 //
 // The lock does not fence fn's work: fn commits on other connections, so a
 // process frozen past the lease bound can still write. When the work fits in
@@ -29,12 +45,17 @@ import (
 func (l *Locker) WithXactLock(ctx context.Context, key Key, fn func(ctx context.Context) error, opts ...Option) error {
 	o := acquireOptions{}
 	for _, opt := range opts {
-		opt.apply(&o)
+		if opt != nil {
+			opt.apply(&o)
+		}
 	}
 	if !o.hasWait {
 		o.wait = l.cfg.AcquireTimeout
 	}
 	if err := key.validate(); err != nil {
+		return err
+	}
+	if err := o.validate(); err != nil {
 		return err
 	}
 	if err := context.Cause(ctx); err != nil {
@@ -70,7 +91,8 @@ func (l *Locker) WithXactLock(ctx context.Context, key Key, fn func(ctx context.
 		}
 		return l.lockErr(key, err)
 	}
-	ls := newLease(xactBackend{c}, key, o.mode, c.name, c.pid, l.log)
+	b := xactBackend{c: c, rollback: new(atomic.Bool)}
+	ls := newLease(b, key, o.mode, c.name, c.pid, l.log)
 	ls.token, ls.hasToken = token, c.fence != ""
 	l.mu.Lock()
 	if c.dead {
@@ -85,12 +107,48 @@ func (l *Locker) WithXactLock(ctx context.Context, key Key, fn func(ctx context.
 
 	fctx, cancel := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(ls.Context(), func() { cancel(context.Cause(ls.Context())) })
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		// fn panicked or called runtime.Goexit: roll back, give the
+		// connection back, and let the panic (or the exit) go on as it was.
+		stop()
+		cancel(errFnAborted)
+		b.rollback.Store(true)
+		_ = ls.Release() // a failure is logged as a loss and closes the connection
+		l.done(c)
+	}()
 	ferr := fn(fctx)
+	returned = true
 	stop()
 	cancel(nil)
 	rerr := ls.Release() // COMMIT
 	l.done(c)
 	return errors.Join(ferr, rerr)
+}
+
+// errFnAborted is the cause of fn's context when fn panicked or called
+// runtime.Goexit, for goroutines fn started that are still running.
+var errFnAborted = errors.New("pgbaton: the function run under the lock panicked or exited its goroutine; the lock was released")
+
+// validate checks resolved options. Errors match ErrInvalidOption.
+func (o acquireOptions) validate() error {
+	switch {
+	case o.mode != Exclusive && o.mode != Shared:
+		return fmt.Errorf("%w: mode %d; use pgbaton.Exclusive or pgbaton.Shared", ErrInvalidOption, uint8(o.mode))
+	case o.wait < 0:
+		return fmt.Errorf("%w: negative wait %s; use Wait(0) to try once", ErrInvalidOption, o.wait)
+	}
+	return nil
+}
+
+// Validate checks options as [Locker] does: an unknown Mode or a negative
+// Wait returns an error matching [ErrInvalidOption]. Implementations of
+// [Interface] call it so that every entry point refuses the same input.
+func (o AcquireOptions) Validate() error {
+	return acquireOptions{mode: o.Mode, wait: o.Wait, hasWait: o.HasWait}.validate()
 }
 
 // pickEmptyUntil waits, bounded, for a lock connection with no leases.
@@ -99,7 +157,7 @@ func (l *Locker) pickEmptyUntil(ctx context.Context, deadline time.Time) (*lockC
 		l.mu.Lock()
 		ch := l.availLocked()
 		l.mu.Unlock()
-		c, err := l.pickEmpty(ctx)
+		c, err := l.pickEmptyFor(ctx, true)
 		if c != nil || err != nil {
 			return c, err
 		}
@@ -180,8 +238,13 @@ func (c *lockConn) cancelOn(ctx context.Context) func(opCtx context.Context) {
 	}
 }
 
-// xactBackend ends an xact lease by COMMIT.
-type xactBackend struct{ c *lockConn }
+// xactBackend ends an xact lease by COMMIT, or by ROLLBACK once rollback is
+// set (fn panicked). Either way the connection is left idle, outside any
+// transaction, or closed.
+type xactBackend struct {
+	c        *lockConn
+	rollback *atomic.Bool
+}
 
 func (b xactBackend) Unlock(ls *Lease) (bool, error) {
 	c := b.c
@@ -191,14 +254,34 @@ func (b xactBackend) Unlock(ls *Lease) (bool, error) {
 	}
 	var held bool
 	err := c.do(deadline, func(ctx context.Context) error {
-		if c.pg.TxStatus() != 'T' {
-			return nil // the transaction ended (an error aborted it): the lock is gone
+		end := "COMMIT"
+		if b.rollback != nil && b.rollback.Load() {
+			end = "ROLLBACK"
 		}
-		if _, err := c.pg.Exec(ctx, "COMMIT").ReadAll(); err != nil {
-			return err
+		switch c.pg.TxStatus() {
+		case 'T':
+			held = true
+		case 'E':
+			// An error aborted the transaction, which freed the lock; the
+			// block still has to be ended before the connection is reused.
+			end = "ROLLBACK"
+		default:
+			return nil // the transaction ended: the lock is gone
 		}
-		held = true
-		return nil
+		_, err := c.pg.Exec(ctx, end).ReadAll()
+		if err == nil && c.pg.TxStatus() != 'I' {
+			err = fmt.Errorf("pgbaton: lock connection still in a transaction (status %q) after %s", c.pg.TxStatus(), end)
+		}
+		if err != nil {
+			held = false
+			if !c.pg.IsClosed() {
+				// The session's state is not known: close it, which ends
+				// the transaction and frees its locks.
+				c.failLocked(err)
+				return c.failedErr()
+			}
+		}
+		return err
 	})
 	if held {
 		c.l.stats.released.Add(1)
@@ -208,4 +291,4 @@ func (b xactBackend) Unlock(ls *Lease) (bool, error) {
 	return held, err
 }
 
-func (b xactBackend) Forget(ls *Lease) bool { return connBackend(b).Forget(ls) }
+func (b xactBackend) Forget(ls *Lease) bool { return connBackend{b.c}.Forget(ls) }

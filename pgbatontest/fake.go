@@ -247,8 +247,8 @@ func (l *Locker) acquire(ctx context.Context, key pgbaton.Key, o pgbaton.Acquire
 	if err := key.Validate(); err != nil {
 		return nil, err
 	}
-	if o.Wait < 0 {
-		return nil, fmt.Errorf("pgbaton: negative wait %s; use Wait(0) to try once", o.Wait)
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
@@ -410,7 +410,9 @@ func (l *Locker) Drop(ls *pgbaton.Lease) bool {
 
 // WithLock runs fn under a lease on key, as [pgbaton.Locker.WithLock]: fn's
 // context is cancelled with the [*pgbaton.LeaseLostError] if the lease is
-// lost, and the error joins fn's with the lease's.
+// lost, the lease is released when fn returns, panics or calls
+// runtime.Goexit (the panic goes on unchanged), and the error joins fn's
+// with the lease's.
 func (l *Locker) WithLock(ctx context.Context, key pgbaton.Key, fn func(ctx context.Context) error, opts ...pgbaton.Option) error {
 	lease, err := l.Acquire(ctx, key, opts...)
 	if err != nil {
@@ -418,13 +420,23 @@ func (l *Locker) WithLock(ctx context.Context, key pgbaton.Key, fn func(ctx cont
 	}
 	fctx, cancel := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(lease.Context(), func() { cancel(context.Cause(lease.Context())) })
+	defer func() { // after a panic or runtime.Goexit in fn; Release is idempotent
+		stop()
+		cancel(errFnAborted)
+		_ = lease.Release()
+	}()
 	ferr := fn(fctx)
 	stop()
 	cancel(nil)
 	return errors.Join(ferr, lease.Release())
 }
 
-// WithXactLock behaves as WithLock: the fake has no transactions.
+// errFnAborted is the cause of fn's context when fn panicked or called
+// runtime.Goexit.
+var errFnAborted = errors.New("pgbatontest: the function run under the lock panicked or exited its goroutine; the lock was released")
+
+// WithXactLock behaves as WithLock (including on a panic, when the real one
+// rolls back): the fake has no transactions and no connections.
 func (l *Locker) WithXactLock(ctx context.Context, key pgbaton.Key, fn func(ctx context.Context) error, opts ...pgbaton.Option) error {
 	return l.WithLock(ctx, key, fn, opts...)
 }

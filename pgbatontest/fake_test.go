@@ -105,3 +105,22 @@ func TestTokensIncreasePerGrant(t *testing.T) {
 		}
 	}
 }
+
+// The shared suite checks panics in WithLock and WithXactLock on both
+// implementations; this checks the fake's own record of leases too.
+func TestWithLockPanicLeavesNothingHeld(t *testing.T) {
+	l := pgbatontest.New()
+	k := pgbaton.KeyName("panic")
+	want := errors.New("boom")
+	func() {
+		defer func() {
+			if got := recover(); got != want {
+				t.Fatalf("recovered %v, want %v", got, want)
+			}
+		}()
+		_ = l.WithXactLock(context.Background(), k, func(context.Context) error { panic(want) })
+	}()
+	if l.Held() != 0 || l.DB().Holders(k) != 0 {
+		t.Fatalf("after a panic: held %d, holders %d", l.Held(), l.DB().Holders(k))
+	}
+}

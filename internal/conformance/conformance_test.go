@@ -26,23 +26,35 @@ func TestMain(m *testing.M) {
 // TestFake runs the suite against the in-memory fake.
 func TestFake(t *testing.T) {
 	t.Parallel()
-	conformance.Run(t, func(t *testing.T) conformance.Env { return &fakeEnv{db: pgbatontest.NewDB()} })
+	conformance.Run(t, func(t *testing.T, top conformance.Topology) conformance.Env {
+		return &fakeEnv{db: pgbatontest.NewDB(), top: top}
+	})
 }
 
 // TestReal runs the same suite against pgbaton.Locker on PostgreSQL.
 func TestReal(t *testing.T) {
 	t.Parallel()
-	conformance.Run(t, func(t *testing.T) conformance.Env {
+	conformance.Run(t, func(t *testing.T, top conformance.Topology) conformance.Env {
 		db, dsn := pgtest.Shared().NewDB(t)
-		return &realEnv{db: db, dsn: dsn}
+		return &realEnv{db: db, dsn: dsn, top: top}
 	})
 }
 
-type fakeEnv struct{ db *pgbatontest.DB }
+type fakeEnv struct {
+	db  *pgbatontest.DB
+	top conformance.Topology
+	one *pgbatontest.Locker // the Locker of OneLocker and OneConn (the fake has no connections)
+}
 
 func (e *fakeEnv) NewLocker(t *testing.T) pgbaton.Interface {
+	if e.one != nil {
+		return e.one
+	}
 	l := e.db.NewLocker(pgbatontest.Options{Name: t.Name()})
 	t.Cleanup(func() { _ = l.Close() })
+	if e.top != conformance.Processes {
+		e.one = l
+	}
 	return l
 }
 
@@ -57,6 +69,8 @@ func (e *fakeEnv) Waiting(t *testing.T, k pgbaton.Key) int { return e.db.Waiters
 type realEnv struct {
 	db, dsn string
 	n       int
+	top     conformance.Topology
+	one     *pgbaton.Locker // the Locker of OneLocker and OneConn
 }
 
 func ctxFor(t *testing.T) context.Context {
@@ -66,17 +80,27 @@ func ctxFor(t *testing.T) context.Context {
 }
 
 func (e *realEnv) NewLocker(t *testing.T) pgbaton.Interface {
+	if e.one != nil {
+		return e.one
+	}
 	e.n++
+	maxConns := 3
+	if e.top == conformance.OneConn {
+		maxConns = 1
+	}
 	l, err := pgbaton.New(ctxFor(t), pgbaton.Config{
 		ConnString:   e.dsn,
 		InstanceName: fmt.Sprintf("conf-%d", e.n),
 		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
-		MaxConns:     3,
+		MaxConns:     maxConns,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = l.Close() })
+	if e.top != conformance.Processes {
+		e.one = l
+	}
 	return l
 }
 
@@ -140,7 +164,12 @@ func (e *realEnv) LoseKey(t *testing.T, k pgbaton.Key) {
 	}
 }
 
+// Waiting counts the server's queue. Within one Locker, a request that
+// conflicts with the Locker's own lease waits in-process, invisible here.
 func (e *realEnv) Waiting(t *testing.T, k pgbaton.Key) int {
+	if e.top != conformance.Processes {
+		return -1
+	}
 	var n int
 	e.query(t, "SELECT count(*) FROM pg_locks WHERE NOT granted AND "+keyWhere, k, &n)
 	return n
