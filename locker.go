@@ -87,9 +87,10 @@ type Locker struct {
 // re-entrancy (a session that holds a key is granted it again) from ever
 // letting two of our leases share an exclusive lock.
 type hold struct {
-	mode Mode
-	n    int
-	free chan struct{} // made when someone waits; closed when n drops to 0
+	mode  Mode
+	n     int           // leases (or acquisitions in progress) holding it
+	xwait int           // Exclusive requests of this Locker waiting for it
+	free  chan struct{} // made when someone waits; closed when it may have become free
 }
 
 // New opens a Locker and its first lock connection, so a bad connection
@@ -156,14 +157,22 @@ func (l *Locker) removeConnLocked(c *lockConn) {
 }
 
 // reserve records an in-process hold on id, or returns the channel to wait
-// on when this Locker already holds it in a conflicting mode.
-func (l *Locker) reserve(id ident, mode Mode) (<-chan struct{}, error) {
+// on when this Locker already holds it in a conflicting mode. As in the
+// server's queue, a new Shared request waits behind a waiting Exclusive one
+// of this Locker, so writers do not starve. queue registers an Exclusive
+// caller that is going to wait; queued says it was registered by the
+// previous call (and is unregistered now, whatever the outcome).
+func (l *Locker) reserve(id ident, mode Mode, queue, queued bool) (<-chan struct{}, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	h := l.held[id]
+	if queued && h != nil {
+		h.xwait--
+	}
 	if l.closed {
+		l.dropIdleHoldLocked(id, h)
 		return nil, ErrLockerClosed
 	}
-	h := l.held[id]
 	switch {
 	case h == nil:
 		if len(l.held) >= l.cfg.MaxHeldKeys {
@@ -171,14 +180,48 @@ func (l *Locker) reserve(id ident, mode Mode) (<-chan struct{}, error) {
 		}
 		h = &hold{mode: mode}
 		l.held[id] = h
-	case h.mode == Exclusive || mode == Exclusive:
+	case h.n == 0 && (mode == Exclusive || h.xwait == 0):
+		h.mode = mode // kept for waiters, and free: take it
+	case h.n > 0 && h.mode == Shared && mode == Shared && h.xwait == 0:
+	default:
 		if h.free == nil {
 			h.free = make(chan struct{})
+		}
+		if queue && mode == Exclusive {
+			h.xwait++
 		}
 		return h.free, nil
 	}
 	h.n++
 	return nil, nil
+}
+
+// unqueue unregisters an Exclusive waiter that gave up.
+func (l *Locker) unqueue(id ident) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h := l.held[id]
+	if h == nil {
+		return
+	}
+	h.xwait--
+	if h.xwait == 0 && h.free != nil {
+		// Shared requests queued behind it may go now.
+		close(h.free)
+		h.free = nil
+	}
+	l.dropIdleHoldLocked(id, h)
+}
+
+// dropIdleHoldLocked forgets a hold nobody holds or waits for.
+func (l *Locker) dropIdleHoldLocked(id ident, h *hold) {
+	if h != nil && h.n <= 0 && h.xwait <= 0 {
+		delete(l.held, id)
+		if h.free != nil {
+			close(h.free)
+			h.free = nil
+		}
+	}
 }
 
 func (l *Locker) unreserve(id ident) {
@@ -193,10 +236,12 @@ func (l *Locker) unreserveLocked(id ident) {
 		return
 	}
 	if h.n--; h.n <= 0 {
-		delete(l.held, id)
+		h.n = 0
 		if h.free != nil {
 			close(h.free)
+			h.free = nil
 		}
+		l.dropIdleHoldLocked(id, h)
 	}
 }
 
@@ -355,7 +400,9 @@ func (l *Locker) done(c *lockConn) {
 func (l *Locker) TryAcquire(ctx context.Context, key Key, opts ...Option) (*Lease, error) {
 	o := acquireOptions{}
 	for _, opt := range opts {
-		opt.apply(&o)
+		if opt != nil {
+			opt.apply(&o)
+		}
 	}
 	o.wait, o.hasWait = 0, true
 	return l.acquire(ctx, key, o)
@@ -368,7 +415,9 @@ func (l *Locker) TryAcquire(ctx context.Context, key Key, opts ...Option) (*Leas
 func (l *Locker) Acquire(ctx context.Context, key Key, opts ...Option) (*Lease, error) {
 	o := acquireOptions{}
 	for _, opt := range opts {
-		opt.apply(&o)
+		if opt != nil {
+			opt.apply(&o)
+		}
 	}
 	if !o.hasWait {
 		o.wait = l.cfg.AcquireTimeout
@@ -408,15 +457,23 @@ func (l *Locker) acquire(ctx context.Context, key Key, o acquireOptions) (*Lease
 // reserveWait records an in-process hold on key, waiting (bounded) while
 // another lease of this Locker holds it in a conflicting mode.
 func (l *Locker) reserveWait(ctx context.Context, key Key, o acquireOptions, start, deadline time.Time) error {
+	id, queued := key.ident(), false
 	for {
-		wait, err := l.reserve(key.ident(), o.mode)
+		wait, err := l.reserve(id, o.mode, o.wait > 0, queued)
 		if err != nil || wait == nil {
 			return err
 		}
 		if o.wait == 0 {
 			return l.busy(key, o.mode, 0, true)
 		}
+		queued = o.mode == Exclusive
 		if err := waitChan(ctx, l.closeCtx, wait, deadline); err != nil {
+			if queued {
+				l.unqueue(id)
+			}
+			if errors.Is(err, errWaitExpired) {
+				return l.busy(key, o.mode, time.Since(start), true)
+			}
 			return l.waitEnded(ctx, key, o.mode, time.Since(start), err)
 		}
 	}
@@ -649,6 +706,16 @@ type Stats struct {
 	Conns        int   // open lock connections
 }
 
+func (l *Locker) heldLocked() int {
+	n := 0
+	for _, h := range l.held {
+		if h.n > 0 {
+			n++
+		}
+	}
+	return n
+}
+
 // Stats returns a snapshot of the counters.
 func (l *Locker) Stats() Stats {
 	l.mu.Lock()
@@ -656,7 +723,7 @@ func (l *Locker) Stats() Stats {
 	return Stats{
 		Acquired: l.stats.acquired.Load(), Busy: l.stats.busy.Load(), WaitTimeouts: l.stats.timeouts.Load(),
 		Released: l.stats.released.Load(), Lost: l.stats.lost.Load(),
-		Held: len(l.held), Conns: len(l.conns),
+		Held: l.heldLocked(), Conns: len(l.conns),
 	}
 }
 

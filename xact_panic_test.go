@@ -3,7 +3,6 @@ package pgbaton
 import (
 	"context"
 	"errors"
-	"os"
 	"runtime"
 	"testing"
 	"time"
@@ -318,13 +317,9 @@ func TestInvalidOptions(t *testing.T) {
 	}
 }
 
-// A nil Option is skipped, as ResolveOptions, WithXactLock and the fake do.
-// Known failure: Acquire, TryAcquire and WithLock call apply on it and
-// panic; run with PGBATON_KNOWN_BUGS=1.
+// A nil Option is skipped, as ResolveOptions, WithXactLock and the fake do
+// (Acquire, TryAcquire and WithLock used to panic on it).
 func TestNilOptionIgnored(t *testing.T) {
-	if os.Getenv("PGBATON_KNOWN_BUGS") != "1" {
-		t.Skip("known bug: a nil Option panics in Acquire, TryAcquire and WithLock; set PGBATON_KNOWN_BUGS=1")
-	}
 	t.Parallel()
 	dsn := pgtest.Shared().NewDatabase(t)
 	ctx := testCtx(t)

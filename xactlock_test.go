@@ -3,7 +3,6 @@ package pgbaton
 import (
 	"context"
 	"errors"
-	"os"
 	"testing"
 	"time"
 
@@ -115,13 +114,8 @@ func TestWithXactLockBusyAndShared(t *testing.T) {
 // Within one Locker, a waiting exclusive request queues new shared requests
 // behind it, as PostgreSQL's queue does across sessions (and as the fake
 // does): otherwise a stream of shared leases of one process starves its own
-// writer, here a WithXactLock. Known failure of the in-process reservation
-// (reserve grants a shared request whenever the current holders are shared);
-// run with PGBATON_KNOWN_BUGS=1.
+// writer, here a WithXactLock.
 func TestLocalWaitingExclusiveQueuesNewShared(t *testing.T) {
-	if os.Getenv("PGBATON_KNOWN_BUGS") != "1" {
-		t.Skip("known bug: in-process shared requests overtake a waiting exclusive one; set PGBATON_KNOWN_BUGS=1")
-	}
 	t.Parallel()
 	dsn := pgtest.Shared().NewDatabase(t)
 	ctx := testCtx(t)
