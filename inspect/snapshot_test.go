@@ -185,12 +185,11 @@ func TestIncidentIdleInTransactionPool(t *testing.T) {
 	// The third pool connection queues for key A in the server.
 	waitCtx, cancelWait := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	defer func() { cancelWait(); wg.Wait() }()
 	third, err := pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer third.Release()
+	defer func() { cancelWait(); wg.Wait(); third.Release() }()
 	thirdPID := third.Conn().PgConn().PID()
 	wg.Add(1)
 	go func() {
