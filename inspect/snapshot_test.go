@@ -52,7 +52,8 @@ func TestKeyForms(t *testing.T) {
 		t.Fatal(err)
 	}
 	var sub1, sub2 int
-	if err := admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE objsubid = 1), count(*) FILTER (WHERE objsubid = 2) FROM pg_locks WHERE locktype = 'advisory'`).Scan(&sub1, &sub2); err != nil {
+	if err := admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE objsubid = 1), count(*) FILTER (WHERE objsubid = 2) FROM pg_locks WHERE locktype = 'advisory'
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&sub1, &sub2); err != nil {
 		t.Fatal(err)
 	}
 	if sub1 != 2 || sub2 != 1 {
