@@ -216,6 +216,9 @@ type Finding struct {
 	Key     string `json:"key"`   // the key's label
 	PID     int    `json:"pid"`
 	Message string `json:"message"`
+	// Terminate is the statement that would free a leaked lock, for a
+	// person to run (pgbaton never runs it).
+	Terminate string `json:"terminate,omitempty"`
 }
 
 // Check grades the snapshot for monitoring: critical for a leaked or stale
@@ -228,12 +231,14 @@ func (s *Snapshot) Check() (level int, findings []Finding) {
 		findings = append(findings, Finding{Level: lv, Key: k.Label(), PID: pid, Message: fmt.Sprintf(format, args...)})
 		level = max(level, lv)
 	}
+	terminate := func(stmt string) { findings[len(findings)-1].Terminate = stmt }
 	for i := range s.Keys {
 		k := &s.Keys[i]
 		for _, h := range k.Holders {
 			switch h.Class {
 			case ClassLeaked:
-				add(CheckCritical, k, h.PID, "leaked: %s; to free it: %s", h.Why, h.Terminate)
+				add(CheckCritical, k, h.PID, "leaked: %s", h.Why)
+				terminate(h.Terminate)
 			case ClassStaleHolder:
 				add(CheckCritical, k, h.PID, "stale holder: %s", h.Why)
 			case ClassIdleInTransaction:

@@ -90,6 +90,9 @@ func (s *Snapshot) WriteTable(w io.Writer) error {
 				lv = "CRITICAL"
 			}
 			fmt.Fprintf(&b, "%s %s (pid %d): %s\n", lv, f.Key, f.PID, f.Message)
+			if f.Terminate != "" {
+				fmt.Fprintf(&b, "  to free it, after checking (pgbaton never runs it): %s\n", f.Terminate)
+			}
 		}
 	}
 	for _, h := range s.Hints {
