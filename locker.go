@@ -76,6 +76,7 @@ type Locker struct {
 	stats struct {
 		acquired, busy, timeouts, released, lost atomic.Int64
 	}
+	names lockerNames // key-name registry (names.go)
 }
 
 // hold is the in-process ownership record of one key. Leases are not
@@ -506,6 +507,7 @@ func (l *Locker) grant(c *lockConn, key Key, mode Mode, start time.Time, token i
 	c.addLeaseLocked(ls)
 	l.mu.Unlock()
 	l.stats.acquired.Add(1)
+	l.noteName(key)
 	if waited := now.Sub(start); waited > time.Millisecond {
 		l.log.Debug("pgbaton: lock acquired", "key", key.String(), "key_id", key.ID(), "mode", mode.String(), "waited", waited, "conn", c.name)
 	}
@@ -597,6 +599,7 @@ func (l *Locker) Close() error {
 		c.failLocked(ErrLockerClosed)
 		c.unlock()
 	}
+	l.closeNames()
 	l.wg.Wait()
 	return nil
 }
