@@ -94,66 +94,88 @@ type row struct {
 	granted        bool
 	waitStart      *time.Time
 	blockedBy      []int32
-	hasActivity    bool
-	appName        string
-	clientAddr     *string
-	clientPort     *int32
-	state          string
-	stateChange    *time.Time
-	xactStart      *time.Time
-	backendStart   *time.Time
-	query          string
-	user           string
-	waitEventType  string
-	waitEvent      string
-	backendType    string
+	activityRow
 }
 
-// The lock query: every advisory row of the current database, its backend,
-// and pg_blocking_pids for waiters only (it takes the lock manager's
-// partition locks, so it is not called for the thousands of holders).
-// waitstart (PostgreSQL 14+) is read through to_jsonb so the same statement
-// runs on older servers, where it is NULL.
+// activityRow is a backend's pg_stat_activity row.
+type activityRow struct {
+	hasActivity   bool
+	appName       string
+	clientAddr    *string
+	clientPort    *int32
+	state         string
+	stateChange   *time.Time
+	xactStart     *time.Time
+	backendStart  *time.Time
+	query         string
+	user          string
+	waitEventType string
+	waitEvent     string
+	backendType   string
+}
+
+// The lock query: every advisory row of the current database, with
+// pg_blocking_pids for waiters only (it takes the lock manager's partition
+// locks, so it is not called for the thousands of holders). %s is
+// l.waitstart on PostgreSQL 14+ and NULL before.
 const lockQuery = `SELECT statement_timestamp(), l.objsubid::int, l.classid::int8, l.objid::int8, l.pid, l.mode, l.granted,
-	(to_jsonb(l.*)->>'waitstart')::timestamptz,
-	CASE WHEN NOT l.granted THEN pg_blocking_pids(l.pid) END,
-	a.pid IS NOT NULL, coalesce(a.application_name, ''), host(a.client_addr), a.client_port,
-	coalesce(a.state, ''), a.state_change, a.xact_start, a.backend_start, coalesce(left(a.query, 200), ''),
-	coalesce(a.usename::text, ''), coalesce(a.wait_event_type, ''), coalesce(a.wait_event, ''), coalesce(a.backend_type, '')
-FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+	%s::timestamptz, CASE WHEN NOT l.granted THEN pg_blocking_pids(l.pid) END
+FROM pg_locks l
 WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`
 
-// Take reads one snapshot: a fixed number of statements (the locks with
-// their backends, then the names of the keys seen from pgbaton's schema when
-// it exists). It never changes anything on the server.
+// The activity query: one row per backend seen in the locks.
+const activityQuery = `SELECT pid, coalesce(application_name, ''), host(client_addr), client_port,
+	coalesce(state, ''), state_change, xact_start, backend_start, coalesce(left(query, 200), ''),
+	coalesce(usename::text, ''), coalesce(wait_event_type, ''), coalesce(wait_event, ''), coalesce(backend_type, '')
+FROM pg_stat_activity WHERE pid = ANY($1)`
+
+// Take reads one snapshot in a fixed number of statements: the server's
+// version and pgbaton's tables, the advisory locks, the backends that hold or
+// wait for them, then the names of the keys from pgbaton's schema when it
+// exists. It never changes anything on the server. Run it on a connection or
+// a pool, not inside a transaction: a missing privilege on pgbaton's tables
+// is reported as a note, and in a transaction it would abort it.
+//
+// pg_locks and pg_stat_activity are read by two statements a moment apart,
+// as PostgreSQL itself never reads them atomically together: a backend that
+// ended in between shows as not visible.
 //
 // What the role sees: pg_locks shows every lock of the cluster to any role;
 // pg_stat_activity hides other roles' state, query and client address unless
-// the role has pg_read_all_stats (or is superuser), in which case holders show
-// state "" and are classified from what is visible (never leaked on missing
-// facts; see Snapshot.Notes).
+// the role has pg_read_all_stats (or is superuser); such holders are not
+// visible and never classified on facts the role cannot see.
 func Take(ctx context.Context, q Querier, opts Options) (*Snapshot, error) {
 	o := opts.withDefaults()
 	if !schemaRE.MatchString(o.Schema) {
 		return nil, fmt.Errorf("%w: schema %q is not a plain lower-case identifier", ErrSnapshot, o.Schema)
 	}
-	rows, err := q.Query(ctx, lockQuery)
+	var m meta
+	sch := o.Schema
+	if err := q.QueryRow(ctx, `SELECT current_setting('server_version_num')::int, to_regclass($1)::text, to_regclass($2)::text, to_regclass($3)::text`,
+		sch+".key_names", sch+".periodic_jobs", sch+".periodic_runs").Scan(&m.version, &m.names, &m.jobs, &m.runs); err != nil {
+		return nil, fmt.Errorf("%w: reading the server version: %w", ErrSnapshot, err)
+	}
+	waitstart := "NULL"
+	if m.version >= 140000 {
+		waitstart = "l.waitstart"
+	}
+	rows, err := q.Query(ctx, fmt.Sprintf(lockQuery, waitstart))
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading pg_locks: %w", ErrSnapshot, err)
 	}
 	var taken time.Time
 	var rs []row
+	pids := map[int]bool{}
 	for rows.Next() {
 		var r row
 		var classid, objid int64
-		if err := rows.Scan(&taken, &r.objsubid, &classid, &objid, &r.pid, &r.mode, &r.granted, &r.waitStart, &r.blockedBy,
-			&r.hasActivity, &r.appName, &r.clientAddr, &r.clientPort, &r.state, &r.stateChange, &r.xactStart, &r.backendStart,
-			&r.query, &r.user, &r.waitEventType, &r.waitEvent, &r.backendType); err != nil {
+		if err := rows.Scan(&taken, &r.objsubid, &classid, &objid, &r.pid, &r.mode, &r.granted, &r.waitStart, &r.blockedBy); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("%w: reading pg_locks: %w", ErrSnapshot, err)
 		}
 		r.classid, r.objid = uint32(classid), uint32(objid)
 		rs = append(rs, r)
+		pids[r.pid] = true
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("%w: reading pg_locks: %w", ErrSnapshot, err)
@@ -163,12 +185,55 @@ func Take(ctx context.Context, q Querier, opts Options) (*Snapshot, error) {
 			return nil, fmt.Errorf("%w: reading the clock: %w", ErrSnapshot, err)
 		}
 	}
+	if len(pids) > 0 {
+		acts, err := readActivity(ctx, q, pids)
+		if err != nil {
+			return nil, err
+		}
+		for i := range rs {
+			if a, ok := acts[rs[i].pid]; ok {
+				rs[i].activityRow = a
+			}
+		}
+	}
 	s := build(rs, taken, o)
-	if err := lookupNames(ctx, q, s, o); err != nil {
+	if err := lookupNames(ctx, q, s, o, m); err != nil {
 		return nil, err
 	}
 	classify(s, o)
 	return s, nil
+}
+
+type meta struct {
+	version           int
+	names, jobs, runs *string
+}
+
+func readActivity(ctx context.Context, q Querier, pids map[int]bool) (map[int]activityRow, error) {
+	list := make([]int32, 0, len(pids))
+	for p := range pids {
+		list = append(list, int32(p))
+	}
+	rows, err := q.Query(ctx, activityQuery, list)
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading pg_stat_activity: %w", ErrSnapshot, err)
+	}
+	defer rows.Close()
+	acts := make(map[int]activityRow, len(list))
+	for rows.Next() {
+		var a activityRow
+		var pid int
+		if err := rows.Scan(&pid, &a.appName, &a.clientAddr, &a.clientPort, &a.state, &a.stateChange, &a.xactStart, &a.backendStart,
+			&a.query, &a.user, &a.waitEventType, &a.waitEvent, &a.backendType); err != nil {
+			return nil, fmt.Errorf("%w: reading pg_stat_activity: %w", ErrSnapshot, err)
+		}
+		a.hasActivity = true
+		acts[pid] = a
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%w: reading pg_stat_activity: %w", ErrSnapshot, err)
+	}
+	return acts, nil
 }
 
 // build groups rows into keys, holders before waiters, waiters in queue
@@ -302,7 +367,7 @@ func parseAppName(name string) (instance, conn string) {
 // KeyName("periodic:"+job)), from running periodic runs (their lock_key and
 // start), and from Options.Names. Missing tables or privileges only leave
 // keys unnamed, with a note.
-func lookupNames(ctx context.Context, q Querier, s *Snapshot, o Options) error {
+func lookupNames(ctx context.Context, q Querier, s *Snapshot, o Options, m meta) error {
 	idx := map[keyID]int{}
 	var ids []int64
 	for i, k := range s.Keys {
@@ -336,15 +401,11 @@ func lookupNames(ctx context.Context, q Querier, s *Snapshot, o Options) error {
 	if len(s.Keys) == 0 {
 		return nil
 	}
-	var names, jobs, runs *string
+	names, jobs, runs := m.names, m.jobs, m.runs
 	sch := o.Schema
-	if err := q.QueryRow(ctx, `SELECT to_regclass($1)::text, to_regclass($2)::text, to_regclass($3)::text`,
-		sch+".key_names", sch+".periodic_jobs", sch+".periodic_runs").Scan(&names, &jobs, &runs); err != nil {
-		return fmt.Errorf("%w: looking for pgbaton's tables: %w", ErrSnapshot, err)
-	}
 	qs := pgx.Identifier{sch}.Sanitize()
 	if names != nil {
-		rows, err := q.Query(ctx, `SELECT form, key_id, name FROM `+qs+`.key_names WHERE key_id = ANY($1) ORDER BY last_seen DESC, name`, ids)
+		rows, err := q.Query(ctx, `SELECT form, key_id, name FROM `+qs+`.key_names WHERE key_id = ANY($1) ORDER BY last_seen DESC, name`, uniq(ids))
 		if err == nil {
 			for rows.Next() {
 				var form string
@@ -443,4 +504,16 @@ func grantHint(err error, grant string) string {
 		return err.Error() + " (" + grant + ")"
 	}
 	return err.Error()
+}
+
+func uniq(ids []int64) []int64 {
+	seen := make(map[int64]bool, len(ids))
+	out := ids[:0:0]
+	for _, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out
 }
