@@ -69,7 +69,10 @@ func classify(s *Snapshot, o Options) {
 				k.Class = hd.Class
 			}
 			if hd.Class == ClassIdleInTransaction {
-				host, _, _ := strings.Cut(hd.ClientAddr, ":")
+				host := hd.ClientAddr
+				if i := strings.LastIndexByte(host, ':'); i >= 0 {
+					host = host[:i]
+				}
 				ak := appKey{hd.ApplicationName, host}
 				idleTx[ak] = append(idleTx[ak], hd.PID)
 			}

@@ -355,3 +355,50 @@ func TestWaitersQueueOrder(t *testing.T) {
 	wg.Wait()
 }
 
+
+// Names come from the registry and from periodic's tables; a running
+// periodic run gives its holder a held-since, the only holder time the
+// snapshot reports.
+func TestNamesFromRegistryAndPeriodic(t *testing.T) {
+	t.Parallel()
+	_, dsn, admin := newDB(t)
+	ctx := testCtx(t)
+	if err := pgbaton.Migrate(ctx, admin, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgbaton.WriteNames(ctx, admin, "", "api-9", "orders.registry"); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now().Add(-time.Minute).UTC().Truncate(time.Microsecond)
+	if _, err := admin.Exec(ctx, `INSERT INTO pgbaton.periodic_jobs (job, schedule) VALUES ('nightly', 'every 1h')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec(ctx, `INSERT INTO pgbaton.periodic_runs (job, tick, through_tick, status, kind, instance, started_at, lock_key)
+		VALUES ('nightly', now(), now(), 'running', 'scheduled', 'w-1', $1, $2)`, started, pgbaton.NameID("periodic:nightly")); err != nil {
+		t.Fatal(err)
+	}
+	reg := connect(t, dsn, "legacy-app")
+	job := connect(t, dsn, "pgbaton:w-1:1")
+	if _, err := reg.Exec(ctx, "SELECT pg_advisory_lock($1)", pgbaton.NameID("orders.registry")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := job.Exec(ctx, "SELECT pg_advisory_lock($1)", pgbaton.NameID("periodic:nightly")); err != nil {
+		t.Fatal(err)
+	}
+	s := take(t, admin, inspect.Options{})
+	r := findKey(t, s, inspect.FormInt8, pgbaton.NameID("orders.registry"))
+	if r.Name != "orders.registry" || r.NameSource != inspect.SourceRegistry || r.Holders[0].HeldSince != nil {
+		t.Errorf("registry key %+v", r)
+	}
+	p := findKey(t, s, inspect.FormInt8, pgbaton.NameID("periodic:nightly"))
+	if p.Name != "periodic:nightly" || p.NameSource != inspect.SourcePeriodic {
+		t.Errorf("periodic key %q from %q", p.Name, p.NameSource)
+	}
+	h := p.Holders[0]
+	if h.HeldSince == nil || !h.HeldSince.Equal(started) || h.HeldSinceSource != inspect.HeldSincePeriodicRun || h.HeldFor == nil || h.HeldFor.Duration() < time.Minute {
+		t.Errorf("periodic holder held since %v (%q) for %v, want %v", h.HeldSince, h.HeldSinceSource, h.HeldFor, started)
+	}
+	if len(s.Notes) != 0 {
+		t.Errorf("notes %q", s.Notes)
+	}
+}

@@ -27,7 +27,7 @@ func (s *Snapshot) WriteTable(w io.Writer) error {
 	if len(s.Keys) > 0 {
 		b.WriteString("\n")
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "KEY\tCLASS\tPID\tROLE\tMODE\tINSTANCE/APPLICATION\tCLIENT\tSTATE\tFOR\tSCOPE\tHELD SINCE")
+		fmt.Fprintln(tw, "KEY\tCLASS\tPID\tROLE\tMODE\tINSTANCE/APPLICATION\tCLIENT\tSTATE\tIN STATE\tSCOPE\tHELD SINCE")
 		for i := range s.Keys {
 			k := &s.Keys[i]
 			label := k.Label()
