@@ -95,6 +95,8 @@ func classify(s *Snapshot, o Options) {
 		}
 		s.Summary[k.Class]++
 	}
+	// Most severe first; within a class, by key.
+	sort.SliceStable(s.Keys, func(i, j int) bool { return s.Keys[i].Class.severity() > s.Keys[j].Class.severity() })
 	aks := make([]appKey, 0, len(idleTx))
 	for ak := range idleTx {
 		aks = append(aks, ak)

@@ -254,7 +254,7 @@ func build(rs []row, taken time.Time, o Options) *Snapshot {
 		if r.granted {
 			k.Holders = append(k.Holders, Holder{Session: sess, Mode: modeOf(r.mode)})
 		} else {
-			w := Waiter{Session: sess, Mode: modeOf(r.mode), WaitStart: utc(r.waitStart)}
+			w := Waiter{Session: sess, Mode: modeOf(r.mode), WaitStart: utc(r.waitStart), BlockedBy: []int{}}
 			if r.waitStart != nil {
 				w.WaitingFor = dur(taken.Sub(*r.waitStart))
 			}
@@ -294,7 +294,7 @@ type keyID struct {
 }
 
 func newKeyState(id keyID) *KeyState {
-	k := &KeyState{ID: id.id}
+	k := &KeyState{ID: id.id, Holders: []Holder{}, Waiters: []Waiter{}}
 	if id.form == 2 {
 		a, b := int32(id.id>>32), int32(uint32(id.id))
 		k.Form, k.Pair = FormPair, &[2]int32{a, b}

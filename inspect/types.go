@@ -17,7 +17,8 @@ type Snapshot struct {
 	TakenAt time.Time `json:"taken_at"`
 	// Thresholds are the limits the classes were decided with.
 	Thresholds Thresholds `json:"thresholds"`
-	// Keys are the locked or awaited keys, int8 keys before pairs, by id.
+	// Keys are the locked or awaited keys, the most severe class first, then
+	// int8 keys before pairs, by id.
 	Keys []KeyState `json:"keys"`
 	// Summary counts keys per class.
 	Summary map[Class]int `json:"summary"`
