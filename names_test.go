@@ -192,7 +192,13 @@ func TestNamesNoExtraRoundTrip(t *testing.T) {
 	t.Parallel()
 	dsn := pgtest.Shared().NewDatabase(t)
 	var o benchIO
-	l := benchLocker(t, dsn, &o, func(c *Config) { c.HeartbeatInterval = time.Minute; c.LeaseTimeout = 2 * time.Minute; c.XactIdleTimeout = 5 * time.Minute; c.KeepaliveIdle = 3 * time.Minute; c.TCPUserTimeout = 4 * time.Minute })
+	l := benchLocker(t, dsn, &o, func(c *Config) {
+		c.HeartbeatInterval = time.Minute
+		c.LeaseTimeout = 2 * time.Minute
+		c.XactIdleTimeout = 5 * time.Minute
+		c.KeepaliveIdle = 3 * time.Minute
+		c.TCPUserTimeout = 4 * time.Minute
+	})
 	ctx := context.Background()
 	op := func(i int) {
 		ls, err := l.TryAcquire(ctx, KeyName(fmt.Sprint("rt:", i%7)))
@@ -273,4 +279,18 @@ func BenchmarkNameRegistry(b *testing.B) {
 	}
 	b.ReportMetric(took[0].Seconds()/took[1].Seconds(), "same-vs-off")
 	b.ReportMetric(took[0].Seconds()/took[2].Seconds(), "new-vs-off")
+}
+
+// BenchmarkNoteName is the registry's whole cost on the lock path for a name
+// already noted in this epoch.
+func BenchmarkNoteName(b *testing.B) {
+	var s nameSet
+	k := KeyName("bench.note")
+	s.note(k)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			s.note(k)
+		}
+	})
 }

@@ -355,7 +355,6 @@ func TestWaitersQueueOrder(t *testing.T) {
 	wg.Wait()
 }
 
-
 // Names come from the registry and from periodic's tables; a running
 // periodic run gives its holder a held-since, the only holder time the
 // snapshot reports.

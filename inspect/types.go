@@ -171,8 +171,8 @@ type Waiter struct {
 	WaitingFor *Seconds   `json:"waiting_for_s,omitempty"`
 	// BlockedBy is pg_blocking_pids: the holders, and earlier waiters in
 	// a conflicting mode, that this waiter queues behind.
-	BlockedBy []int `json:"blocked_by"`
-	Class     Class `json:"class"`
+	BlockedBy []int  `json:"blocked_by"`
+	Class     Class  `json:"class"`
 	Why       string `json:"why,omitempty"`
 }
 
