@@ -44,6 +44,17 @@
 // (t.FailNow); WithXactLock then rolls its transaction back. The panic goes
 // on unchanged.
 //
+// # Who holds the lock
+//
+// [KeyName] is a one-way hash, so after [Migrate] the processes that lock by
+// name record the names they use in <schema>.key_names: a Locker notes each
+// granted key in memory (no round trip) and writes the noted names in
+// batches on a short-lived connection of its own, at most once per name and
+// process per [NameRefreshInterval]; the transaction helpers' names go along
+// ([WriteNames] writes them in a process without a Locker). Package inspect
+// and `pgbaton locks` read them to show every advisory lock of a database by
+// name, classified (leaked, idle-in-transaction, stale holder, waiting).
+//
 // Leases are not re-entrant: each is an independent holder, so a second
 // request for a key the same Locker holds exclusively is ordinary contention,
 // decided in-process without a round trip.

@@ -78,6 +78,7 @@ type Locker struct {
 	stats struct {
 		acquired, busy, timeouts, released, lost atomic.Int64
 	}
+	names lockerNames // key-name registry (names.go)
 }
 
 // hold is the in-process ownership record of one key. Leases are not
@@ -633,6 +634,7 @@ func (l *Locker) grant(c *lockConn, key Key, mode Mode, start time.Time, token i
 	c.addLeaseLocked(ls)
 	l.mu.Unlock()
 	l.stats.acquired.Add(1)
+	l.noteName(key)
 	if waited := now.Sub(start); waited > time.Millisecond {
 		l.log.Debug("pgbaton: lock acquired", "key", key.String(), "key_id", key.ID(), "mode", mode.String(), "waited", waited, "conn", c.name)
 	}
@@ -765,6 +767,7 @@ func (l *Locker) Close() error {
 		})
 	}
 	wg.Wait()
+	l.closeNames()
 	l.wg.Wait()
 	return nil
 }

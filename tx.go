@@ -93,6 +93,7 @@ func newXactRequest(ctx context.Context, key Key, try bool, opts []Option) (xact
 	if err := key.validate(); err != nil {
 		return r, err
 	}
+	noteTxName(key)
 	o := ResolveOptions(opts...)
 	r.mode = o.Mode
 	switch {

@@ -104,6 +104,7 @@ func (l *Locker) WithXactLock(ctx context.Context, key Key, fn func(ctx context.
 	c.addLeaseLocked(ls)
 	l.mu.Unlock()
 	l.stats.acquired.Add(1)
+	l.noteName(key)
 
 	fctx, cancel := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(ls.Context(), func() { cancel(context.Cause(ls.Context())) })

@@ -3,6 +3,9 @@
 //	go install github.com/pgbaton/pgbaton/cmd/pgbaton@latest
 //	pgbaton help
 //	pgbaton demo
+//	pgbaton locks [--json] [--watch 2s] [--key NAME] [--stuck-after 5m] [--check]
+//	pgbaton check [--pods N] [--json]
+//	pgbaton migrate up|status|sql
 //
 // # Commands
 //
@@ -14,6 +17,19 @@
 // when interrupted by SIGINT or SIGTERM. The first signal cancels the
 // command's context so it can clean up; a second one ends the process at
 // once.
+//
+// # locks, check, migrate
+//
+// These read the connection from --dsn, else $DATABASE_URL, else the standard
+// PG* variables and ~/.pgpass as psql does (pgx reads them), and never print
+// a password: connection strings are redacted wherever they appear, and
+// errors are passed through the same redaction. "locks" prints package
+// inspect's snapshot (a table, or versioned JSON; NDJSON under --watch);
+// with --check its exit status is 0 ok, 1 warning, 2 critical, 3 when the
+// check could not run (a bad command line included). "check" prints
+// [pgbaton.Check]'s report and exits 1 when it has an error finding. "migrate
+// sql" needs no connection: it prints the schema as one transaction and the
+// GRANTs a least-privilege application role needs.
 //
 // # Why the standard flag package
 //

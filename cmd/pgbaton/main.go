@@ -109,6 +109,9 @@ func run(ctx context.Context, args []string, out *output) int {
 		return exitUsage
 	}
 	err := cmd.Run(ctx, out, args[1:])
+	if isExitError(err) { // a status chosen by the command (locks --check)
+		return reportExit(out, name, err)
+	}
 	var ue *usageError
 	var ce *exitCodeError
 	switch {
