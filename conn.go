@@ -88,6 +88,9 @@ func (c *lockConn) setup(ctx context.Context) error {
 	res := c.pg.ExecParams(ctx, "SELECT pg_backend_pid()::int8, pg_is_in_recovery(), to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
 		[][]byte{[]byte(schema + ".fence_token"), []byte(schema + ".fence_counter")}, nil, nil, nil).Read()
 	if res.Err != nil {
+		if isCode(res.Err, "42501") {
+			return fmt.Errorf("%w: %w (GRANT USAGE ON SCHEMA %s TO <role>; pgbaton migrate sql prints every grant)", ErrPermission, res.Err, schema)
+		}
 		return fmt.Errorf("%w: checking the server: %w", ErrConnect, res.Err)
 	}
 	if len(res.Rows) != 1 || len(res.Rows[0]) != 4 {
@@ -133,12 +136,22 @@ func (c *lockConn) setup(ctx context.Context) error {
 	}
 	if fastTokens {
 		// Before this session draws a token: bump the epoch if the unlogged
-		// counter was reset (a crash, a promotion), durably.
-		if _, err := c.pg.Exec(ctx, "SELECT "+schema+".fence_prepare()").ReadAll(); err != nil {
-			if isCode(err, "42501") {
-				return fmt.Errorf("%w: preparing fencing tokens: %w (grant EXECUTE ON FUNCTION %s.fence_prepare(), SELECT ON %s.fence_epoch and USAGE ON SEQUENCE %s.fence_counter to this role; pgbaton migrate sql prints the grants)", ErrConnect, err, schema, schema, schema)
-			}
-			return fmt.Errorf("%w: preparing fencing tokens: %w", ErrConnect, err)
+		// counter was reset (a crash, a promotion), durably. And refuse now,
+		// by name, a role that could not draw one at its first grant.
+		grants := fmt.Sprintf("GRANT SELECT ON %[1]s.fence_epoch TO <role>; GRANT USAGE ON SEQUENCE %[1]s.fence_counter TO <role>; GRANT EXECUTE ON FUNCTION %[1]s.fence_prepare(), %[1]s.fence_next() TO <role>; pgbaton migrate sql prints every grant", schema)
+		res := c.pg.ExecParams(ctx, "SELECT has_table_privilege($1, 'SELECT') AND has_sequence_privilege($2, 'USAGE')",
+			[][]byte{[]byte(schema + ".fence_epoch"), []byte(schema + ".fence_counter")}, nil, nil, nil).Read()
+		if res.Err == nil && (len(res.Rows) != 1 || string(res.Rows[0][0]) != "t") {
+			return fmt.Errorf("%w: this role cannot draw fencing tokens (%s)", ErrPermission, grants)
+		}
+		if res.Err == nil {
+			_, res.Err = c.pg.Exec(ctx, "SELECT "+schema+".fence_prepare()").ReadAll()
+		}
+		if isCode(res.Err, "42501") {
+			return fmt.Errorf("%w: preparing fencing tokens: %w (%s)", ErrPermission, res.Err, grants)
+		}
+		if res.Err != nil {
+			return fmt.Errorf("%w: preparing fencing tokens: %w", ErrConnect, res.Err)
 		}
 	}
 	return nil

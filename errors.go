@@ -49,6 +49,10 @@ var (
 	// ErrConnect: a lock connection could not be opened within
 	// Config.ConnectTimeout.
 	ErrConnect = errors.New("pgbaton: cannot open lock connection")
+	// ErrPermission: the role lacks a privilege pgbaton needs (SQLSTATE
+	// 42501); the message names the GRANT (`pgbaton migrate sql` prints them
+	// all).
+	ErrPermission = errors.New("pgbaton: permission denied")
 	// ErrConnLost: the lock connection a call ran on failed during the call
 	// (terminated backend, restart, network). The caller holds nothing: the
 	// server frees every lock of a closed session.

@@ -664,6 +664,8 @@ func (l *Locker) lockErr(key Key, err error) error {
 		return fmt.Errorf("%w: key %q: %w", ErrDeadlock, key, err)
 	case isCode(err, "57014"):
 		return fmt.Errorf("%w: key %q: %w", ErrStatementCanceled, key, err)
+	case isCode(err, "42501"):
+		return fmt.Errorf("%w: key %q: %w (pgbaton migrate sql prints the grants)", ErrPermission, key, err)
 	case errors.Is(err, ErrLockerClosed):
 		return ErrLockerClosed
 	case errors.Is(err, ErrConnLost), errors.Is(err, ErrConnect), errors.Is(err, ErrTooManyLocks):

@@ -219,10 +219,6 @@ func (l *Locker) nameWriter(stop <-chan struct{}, done chan<- struct{}) {
 	}
 }
 
-// ErrPermission: the role lacks a privilege pgbaton needs; the message names
-// the GRANT (see `pgbaton migrate sql`).
-var ErrPermission = errors.New("pgbaton: permission denied")
-
 // writeNames writes keys on a connection of its own.
 func (l *Locker) writeNames(ctx context.Context, keys []Key, prune bool) error {
 	cfg, err := pgx.ParseConfig("")

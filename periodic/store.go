@@ -23,7 +23,7 @@ type store struct {
 	timeout  time.Duration
 
 	jobs, runs string // quoted table names
-	fence      string // fencing sequence, as a regclass literal
+	fence      string // the call that draws a fencing token
 	sqlFast    string
 	sqlSweep   string
 }
@@ -31,7 +31,7 @@ type store struct {
 func newStore(pool *pgxpool.Pool, schema, instance string, clock *dbClock, timeout time.Duration) *store {
 	q := pgx.Identifier{schema}.Sanitize()
 	st := &store{pool: pool, clock: clock, instance: instance, timeout: timeout,
-		jobs: q + ".periodic_jobs", runs: q + ".periodic_runs", fence: "'" + q + ".fence_token'"}
+		jobs: q + ".periodic_jobs", runs: q + ".periodic_runs", fence: q + ".fence_next()"}
 	// A running row is abandoned when its lock is gone: either it is the
 	// key the claimer holds exclusively right now ($3), or pg_locks has no
 	// holder of it.
@@ -50,7 +50,7 @@ WHERE r.job = $1 AND r.status = 'running' AND r.tick <> $2 AND (r.lock_key = $3 
 ), sweep AS (` + st.sqlSweep + ` AND EXISTS (SELECT 1 FROM j) RETURNING r.tick, r.instance
 ), ins AS (
 	INSERT INTO ` + st.runs + ` (job, tick, through_tick, status, kind, instance, started_at, token, lock_key)
-	SELECT $1, $2, $2, 'running', 'scheduled', $4, clock_timestamp(), COALESCE($8::int8, nextval(` + st.fence + `)), $3 FROM j
+	SELECT $1, $2, $2, 'running', 'scheduled', $4, clock_timestamp(), COALESCE($8::int8, ` + st.fence + `), $3 FROM j
 	RETURNING started_at, token
 )
 SELECT (SELECT started_at FROM ins), (SELECT token FROM ins), (SELECT last_tick FROM ` + st.jobs + ` WHERE job = $1),
@@ -148,7 +148,7 @@ RETURNING floor_tick, last_tick, clock_timestamp()`, j.Name, j.Schedule.String()
 				return rows.Err()
 			})
 			b.Queue(`INSERT INTO `+st.runs+` (job, tick, through_tick, status, kind, instance, started_at, token, lock_key)
-VALUES ($1, $2, $2, 'running', $3, $4, clock_timestamp(), COALESCE($5::int8, nextval(`+st.fence+`)), $6)
+VALUES ($1, $2, $2, 'running', $3, $4, clock_timestamp(), COALESCE($5::int8, `+st.fence+`), $6)
 RETURNING started_at, token`, j.Name, c.tick, string(c.kind), st.instance, token, lockKey).QueryRow(func(r pgx.Row) error {
 				return r.Scan(&c.started, &c.token)
 			})
@@ -281,8 +281,8 @@ func (st *store) checkSchema(ctx context.Context) error {
 	ctx, cancel := st.op(ctx)
 	defer cancel()
 	var ok bool
-	err := st.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL",
-		st.jobs, st.runs, st.fence[1:len(st.fence)-1]).Scan(&ok)
+	err := st.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regprocedure($3) IS NOT NULL",
+		st.jobs, st.runs, strings.TrimSuffix(st.fence, "()")+"()").Scan(&ok)
 	if err != nil {
 		return fmt.Errorf("periodic: checking the schema: %w", err)
 	}
