@@ -1,17 +1,27 @@
 # The README's two commands are `make demo` and `make test`.
 GO ?= go
+# pipefail: a failed build is not hidden by the progress filter after it.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 BIN := $(CURDIR)/bin
 DURATION ?= 30m
 
 .PHONY: demo test lint bench chaos fuzz build
 
 ## demo: runs several instances contending for a lock, then injects faults,
-## on a throwaway local PostgreSQL (or DATABASE_URL / DSN=...).
+## on a throwaway local PostgreSQL. DATABASE_URL is ignored: DSN=... runs it
+## against that database (--dsn), contention only unless ALLOW_FAULTS=1.
 demo:
-	$(GO) run ./cmd/pgbaton demo $(if $(DSN),--dsn '$(DSN)')
+	@echo "building pgbaton (a first build downloads modules and compiles for a minute or two)..."
+	@$(GO) mod download -x 2>&1 | awk '/^# get .*: 200 OK/ {n++} END {if (n) print "  downloaded " n " module files"}'
+	@$(GO) build -v -o $(BIN)/pgbaton ./cmd/pgbaton 2>&1 | awk '/^#|:[0-9]+:/ {print; next} {n++; if (n % 20 == 1) print "  compiling " $$0 "..."}'
+	$(BIN)/pgbaton demo $(if $(DSN),--dsn '$(DSN)') $(if $(ALLOW_FAULTS),--allow-faults-on-dsn)
 
 ## test: installs what is missing, then runs every test with -race.
 test:
+	@echo "compiling the tests with -race (a first build downloads modules and takes a few minutes)..."
+	@$(GO) mod download -x 2>&1 | awk '/^# get .*: 200 OK/ {n++} END {if (n) print "  downloaded " n " module files"}'
+	@$(GO) test -race -count=1 -exec /bin/true ./... 2>&1 | awk '/^(ok|---|FAIL)/ {print "  compiled " $$2} !/^(ok|---|FAIL|\?)/ {print}'
 	./scripts/test.sh
 
 build:

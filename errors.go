@@ -32,7 +32,9 @@ var (
 	// proxy (PgBouncer and the like), where session locks land on shared
 	// backends and leak. Connect lock connections directly to PostgreSQL, or
 	// use the transaction-scoped helpers, which are safe behind a pooler.
-	ErrPoolerDetected = errors.New("pgbaton: connection pooler detected; session leases need a direct connection to PostgreSQL")
+	// Behind PgBouncer in session mode, Config.AllowPooler accepts it.
+	ErrPoolerDetected = errors.New("pgbaton: connection pooler detected; session leases need a direct connection to PostgreSQL " +
+		"(behind PgBouncer in session mode set Config.AllowPooler; behind transaction pooling use TryLockTx/LockTx)")
 	// ErrHotStandby: the server is a hot standby, which grants advisory locks
 	// locally without coordinating with the primary.
 	ErrHotStandby = errors.New("pgbaton: server is a hot standby; advisory locks there do not coordinate with the primary; connect to the primary")
@@ -80,11 +82,22 @@ type NotAcquiredError struct {
 	Local bool
 }
 
+// localHolderMsg ends the message of a NotAcquiredError whose holder is
+// another lease of the same Locker: waiting for it from the same Locker is
+// waiting for yourself when that lease is the caller's own.
+const localHolderMsg = ": held by another lease of this Locker (leases are not re-entrant)"
+
 func (e *NotAcquiredError) Error() string {
+	var msg string
 	if e.Waited > 0 {
-		return fmt.Sprintf("pgbaton: lock %q (%s) not acquired within %s", e.Key, e.Mode, e.Waited.Round(time.Millisecond))
+		msg = fmt.Sprintf("pgbaton: lock %q (%s) not acquired within %s", e.Key, e.Mode, e.Waited.Round(time.Millisecond))
+	} else {
+		msg = fmt.Sprintf("pgbaton: lock %q (%s) is busy", e.Key, e.Mode)
 	}
-	return fmt.Sprintf("pgbaton: lock %q (%s) is busy", e.Key, e.Mode)
+	if e.Local {
+		msg += localHolderMsg
+	}
+	return msg
 }
 
 // Is makes errors.Is(err, ErrNotAcquired) true.

@@ -4,28 +4,43 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
+	"os"
 	"time"
 
 	"github.com/pgbaton/pgbaton"
-	"github.com/pgbaton/pgbaton/pgtest"
 )
 
-// exampleDSN is a database of the test cluster; in production use
-// os.Getenv("DATABASE_URL") or pgbaton.ConfigFromEnv(os.Getenv).
-func exampleDSN() string { return pgtest.Shared().DSN("postgres") }
+// The Examples read the connection string from DATABASE_URL, as a program
+// would (in this package's tests, TestMain sets it to a throwaway cluster).
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+// New opens a Locker: its own few lock connections, separate from the
+// application's pool. A bad connection string, a pooler or a hot standby
+// fails here, with a typed error, rather than at the first lock.
+func ExampleNew() {
+	ctx := context.Background()
+	locker, err := pgbaton.New(ctx, pgbaton.Config{
+		ConnString:   os.Getenv("DATABASE_URL"), // directly to PostgreSQL, not through PgBouncer
+		MaxConns:     4,                         // dedicated lock connections
+		InstanceName: "api-1",                   // shown in pg_stat_activity
+	})
+	if err != nil {
+		fmt.Println("cannot open the Locker:", err)
+		return
+	}
+	defer locker.Close()
+	fmt.Println("lock connections at most:", locker.Config().MaxConns)
+	// Output:
+	// lock connections at most: 4
+}
 
 func ExampleLocker_TryAcquire() {
 	ctx := context.Background()
-	locker, err := pgbaton.New(ctx, pgbaton.Config{ConnString: exampleDSN(), InstanceName: "worker-1", Logger: quiet})
+	locker, err := pgbaton.New(ctx, pgbaton.Config{ConnString: os.Getenv("DATABASE_URL"), InstanceName: "worker-1"})
 	if err != nil {
 		panic(err)
 	}
 	defer locker.Close()
-	other, err := pgbaton.New(ctx, pgbaton.Config{ConnString: exampleDSN(), InstanceName: "worker-2", Logger: quiet})
+	other, err := pgbaton.New(ctx, pgbaton.Config{ConnString: os.Getenv("DATABASE_URL"), InstanceName: "worker-2"})
 	if err != nil {
 		panic(err)
 	}
@@ -50,7 +65,7 @@ func ExampleLocker_TryAcquire() {
 
 func ExampleLocker_WithLock() {
 	ctx := context.Background()
-	locker, err := pgbaton.New(ctx, pgbaton.Config{ConnString: exampleDSN(), Logger: quiet})
+	locker, err := pgbaton.New(ctx, pgbaton.Config{ConnString: os.Getenv("DATABASE_URL")})
 	if err != nil {
 		panic(err)
 	}
@@ -70,7 +85,7 @@ func ExampleLocker_WithLock() {
 
 func ExampleLocker_WithXactLock() {
 	ctx := context.Background()
-	locker, err := pgbaton.New(ctx, pgbaton.Config{ConnString: exampleDSN(), Logger: quiet})
+	locker, err := pgbaton.New(ctx, pgbaton.Config{ConnString: os.Getenv("DATABASE_URL")})
 	if err != nil {
 		panic(err)
 	}
@@ -100,7 +115,7 @@ func ExampleKeyName() {
 
 func ExampleLease_Token() {
 	ctx := context.Background()
-	locker, err := pgbaton.New(ctx, pgbaton.Config{ConnString: exampleDSN(), Logger: quiet})
+	locker, err := pgbaton.New(ctx, pgbaton.Config{ConnString: os.Getenv("DATABASE_URL")})
 	if err != nil {
 		panic(err)
 	}
@@ -110,17 +125,27 @@ func ExampleLease_Token() {
 	}
 	locker.Close()
 	// Lock connections opened after Migrate draw tokens.
-	locker, err = pgbaton.New(ctx, pgbaton.Config{ConnString: exampleDSN(), Logger: quiet})
+	locker, err = pgbaton.New(ctx, pgbaton.Config{ConnString: os.Getenv("DATABASE_URL")})
 	if err != nil {
 		panic(err)
 	}
 	defer locker.Close()
-	a, _ := locker.TryAcquire(ctx, pgbaton.KeyName("example.fenced"))
+	a, err := locker.TryAcquire(ctx, pgbaton.KeyName("example.fenced"))
+	if err != nil {
+		panic(err)
+	}
 	ta, ok := a.Token()
-	_ = a.Release()
-	b, _ := locker.TryAcquire(ctx, pgbaton.KeyName("example.fenced"))
-	tb, _ := b.Token()
-	_ = b.Release()
+	if err := a.Release(); err != nil {
+		panic(err)
+	}
+	b, err := locker.TryAcquire(ctx, pgbaton.KeyName("example.fenced"))
+	if err != nil {
+		panic(err)
+	}
+	tb, _ := b.Token() // ok as for a: the same connection settings
+	if err := b.Release(); err != nil {
+		panic(err)
+	}
 	fmt.Println("has token:", ok, "increases:", tb > ta)
 	// Output:
 	// has token: true increases: true

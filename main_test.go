@@ -9,10 +9,12 @@ import (
 	"time"
 
 	"github.com/pgbaton/pgbaton/internal/testmain"
+	"github.com/pgbaton/pgbaton/pgtest"
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testmain.Run(m))
+	// Examples read os.Getenv("DATABASE_URL"), as the programs they show do.
+	os.Exit(testmain.Run(m, pgtest.Options{DSNEnv: EnvDatabaseURL}))
 }
 
 // quietLogger discards log output unless PGBATON_TEST_LOG=1.

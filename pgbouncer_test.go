@@ -2,6 +2,8 @@ package pgbaton
 
 import (
 	"errors"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -129,5 +131,123 @@ func TestPgBouncerSessionModeOptIn(t *testing.T) {
 	_ = mustLose(t, ls2, 10*time.Second) // it has already checked the error is ErrLeaseLost
 	if got := len(holders(t, adminConn(t, direct), k)); got != 0 {
 		t.Fatalf("%d holders after the backend was terminated", got)
+	}
+}
+
+// readmeDriver runs the README's PgBouncer program's openIncident 1,000
+// times, 8 at a time, on the program's own newPool (or, for the control,
+// on a default pgxpool), and prints how many transactions failed. It is
+// added to the program as a second file; run it with
+// README_DRIVER_TXS=1000.
+const readmeDriver = `package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+func init() {
+	n, _ := strconv.Atoi(os.Getenv("README_DRIVER_TXS"))
+	if n == 0 {
+		return
+	}
+	ctx := context.Background()
+	if err := run(ctx); err != nil { // the program itself: the table, one incident
+		fmt.Println("program:", err)
+		os.Exit(3)
+	}
+	dsn := os.Getenv("DATABASE_URL")
+	var pool *pgxpool.Pool
+	var err error
+	if os.Getenv("README_DRIVER_CONTROL") == "1" {
+		pool, err = pgxpool.New(ctx, dsn)
+	} else {
+		pool, err = newPool(ctx, dsn)
+	}
+	if err != nil {
+		fmt.Println("pool:", err)
+		os.Exit(3)
+	}
+	defer pool.Close()
+	var failed, opened atomic.Int64
+	var first atomic.Value
+	ids := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range ids {
+				ok, err := openIncident(ctx, pool, fmt.Sprintf("driver-%d", i))
+				if err != nil {
+					failed.Add(1)
+					first.CompareAndSwap(nil, err.Error())
+				} else if ok {
+					opened.Add(1)
+				}
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		ids <- i
+	}
+	close(ids)
+	wg.Wait()
+	fmt.Printf("transactions %d failed %d opened %d\n", n, failed.Load(), opened.Load())
+	if e := first.Load(); e != nil {
+		fmt.Printf("first error: %s\n", e)
+	}
+	pool.Close()
+	os.Exit(0)
+}
+`
+
+// TestREADMEPgBouncerProgram runs the README's PgBouncer program through a
+// real PgBouncer in transaction mode: with the setting it documents
+// (default_query_exec_mode=exec in newPool), 1,000 transactions and no
+// failure; the control, a default pgxpool, fails with 42P05 or 26000 (pgx's
+// statement cache through PgBouncer 1.18).
+func TestREADMEPgBouncerProgram(t *testing.T) {
+	t.Parallel()
+	var code string
+	for _, s := range readmeSnippets(t, "README.md") {
+		if strings.Contains(s.Code, "func openIncident(") && strings.Contains(s.Code, "func newPool(") {
+			code = s.Code
+		}
+	}
+	if code == "" {
+		t.Fatal("README.md has no PgBouncer program (a Go block with func newPool and func openIncident)")
+	}
+	bins := snippetModule(t, map[string]map[string]string{"pgbouncer": {"main.go": code, "driver.go": readmeDriver}})
+	b := pgtest.Shared().NewPgBouncer(t, pgtest.PoolTransaction)
+	counts := regexp.MustCompile(`transactions (\d+) failed (\d+) opened (\d+)`)
+	for _, control := range []bool{false, true} {
+		db, _ := pgtest.Shared().NewDB(t)
+		env := []string{"DATABASE_URL=" + b.DSN(db), "README_DRIVER_TXS=1000"}
+		if control {
+			env = append(env, "README_DRIVER_CONTROL=1")
+		}
+		r := runProgram(t, bins["pgbouncer"], env, "", 3*time.Minute)
+		t.Logf("control=%v: exit %d\n%s%s", control, r.Code, r.Stdout, r.Stderr)
+		m := counts.FindStringSubmatch(r.Stdout)
+		if r.Code != 0 || m == nil {
+			t.Fatalf("control=%v: the driver did not finish (exit %d)", control, r.Code)
+		}
+		failed, _ := strconv.Atoi(m[2])
+		opened, _ := strconv.Atoi(m[3])
+		if !control && (failed != 0 || opened != 1000) {
+			t.Errorf("with the README's setting: %s failed and %d opened of 1000 transactions through PgBouncer (%s), want 0 and 1000",
+				m[2], opened, b.PoolMode())
+		}
+		if control && (failed == 0 || !(strings.Contains(r.Stdout, "42P05") || strings.Contains(r.Stdout, "26000"))) {
+			t.Errorf("control, a default pgxpool through transaction pooling: %d of 1000 failed, want failures with 42P05 or 26000 "+
+				"(if this PgBouncer tracks prepared statements, >= 1.21 with max_prepared_statements > 0, the README's claim needs a new control)", failed)
+		}
 	}
 }

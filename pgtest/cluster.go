@@ -29,6 +29,12 @@ type Options struct {
 	Settings map[string]string
 	// Logf, if set, receives harness log lines (e.g. t.Logf).
 	Logf func(format string, args ...any)
+	// DSNEnv, if set, names an environment variable that Run sets to the
+	// shared cluster's DSN (database "postgres") before the tests run and
+	// unsets after, so that runnable Examples can read
+	// os.Getenv("DATABASE_URL") like the programs they show. Start ignores
+	// it.
+	DSNEnv string
 }
 
 // defaultSettings are written to postgresql.conf before Options.Settings.

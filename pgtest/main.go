@@ -46,7 +46,15 @@ func Run(m *testing.M, opts Options) int {
 		return 1
 	}
 	shared.Store(c)
+	if opts.DSNEnv != "" {
+		if err := os.Setenv(opts.DSNEnv, c.DSN("postgres")); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: setting %s: %v\n", opts.DSNEnv, err)
+		}
+	}
 	code := m.Run()
+	if opts.DSNEnv != "" {
+		_ = os.Unsetenv(opts.DSNEnv) // the process is about to exit; nothing reads it after
+	}
 	shared.Store(nil)
 	if keep {
 		fmt.Fprintf(os.Stderr, "pgtest: %s=1: cluster left running in %s (postmaster pid %d)\n"+

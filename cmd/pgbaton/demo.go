@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -28,40 +27,55 @@ func init() {
 	})
 }
 
-const demoDescription = `Starts a throwaway PostgreSQL server (or uses -dsn), runs -workers
-worker processes that contend for one advisory lock, and prints a live
-trace: who holds the lock, each handoff and its latency. Then it injects
-faults into the holder, one after another:
+const demoDescription = `Starts a throwaway PostgreSQL server, runs -workers worker processes
+that contend for one advisory lock, and prints a live trace: who holds
+the lock, each handoff and its latency. Then it injects faults into the
+holder, one after another:
 
-  kill        SIGKILL the holder's process
+  kill        SIGKILL the holder's process (a new worker replaces it)
   terminate   pg_terminate_backend on the holder's lock connection
   blackhole   the holder's network stops answering (its TCP proxy
               forwards nothing and closes nothing)
 
-and shows, for each, when the holder saw the loss (Lease.Done) and how long
-until another worker held the lock. A summary table ends the run.
+and shows, for each, when the holder saw the loss (Lease.Done) and how
+long until another worker held the lock. A summary table ends the run.
+The exit status is 1 if two workers ever held the lock at once or a
+lease was lost without a fault.
 
-Every worker connects through a TCP proxy of its own, also with -dsn, so
-the server must be reachable over TCP. Ctrl-C stops everything and leaves
-nothing behind: workers, proxies, and the throwaway server and its
-directory.
+The database: a throwaway server created for the run, unless -dsn names
+one. $DATABASE_URL is ignored: the demo never picks a database by
+itself. With -dsn it says which database it uses (password redacted)
+and runs the contention part only; faults there (killing and
+terminating the demo's own workers and backends) need
+-allow-faults-on-dsn as well.
+
+Every worker connects through a TCP proxy of its own, so a -dsn server
+must be reachable over TCP. Ctrl-C stops everything and leaves nothing
+behind: workers, proxies, and the throwaway server and its directory.
 
 Examples:
 
   pgbaton demo
   pgbaton demo -workers 6 -duration 20s
-  pgbaton demo -dsn 'postgres://me@localhost:5432/scratch' -faults blackhole`
+  pgbaton demo -dsn 'postgres://me@localhost:5432/scratch'
+  pgbaton demo -dsn 'postgres://me@localhost:5432/scratch' \
+      -allow-faults-on-dsn -faults blackhole`
 
 // demoOptions are the demo's flags, checked.
 type demoOptions struct {
-	DSN      string
-	Workers  int
-	Duration time.Duration
-	HoldMin  time.Duration
-	HoldMax  time.Duration
-	Faults   []string
-	PGBin    string
-	Key      string
+	DSN string
+	// AllowFaultsOnDSN lets the demo inject faults into the -dsn database.
+	AllowFaultsOnDSN bool
+	// FaultsRefused is set when -dsn was given without AllowFaultsOnDSN:
+	// the default faults were dropped, and the demo says why.
+	FaultsRefused bool
+	Workers       int
+	Duration      time.Duration
+	HoldMin       time.Duration
+	HoldMax       time.Duration
+	Faults        []string
+	PGBin         string
+	Key           string
 }
 
 var allFaults = []string{"kill", "terminate", "blackhole"}
@@ -69,22 +83,19 @@ var allFaults = []string{"kill", "terminate", "blackhole"}
 func parseDemoFlags(out *output, args []string) (demoOptions, error) {
 	fs := newFlagSet(out, "demo", "[flags]", demoDescription)
 	o := demoOptions{}
-	// The default is not shown by -h: $DATABASE_URL may hold a password.
-	fs.StringVar(&o.DSN, "dsn", "", "PostgreSQL connection string to run against instead of a throwaway server (default $DATABASE_URL); needs a TCP host")
+	fs.StringVar(&o.DSN, "dsn", "", "connection string of an existing database to run against instead of a\nthrowaway server; needs a TCP host. $DATABASE_URL is ignored")
+	fs.BoolVar(&o.AllowFaultsOnDSN, "allow-faults-on-dsn", false, "with -dsn, inject the faults there too (they kill and terminate\nthe demo's own workers and backends only)")
 	fs.IntVar(&o.Workers, "workers", 4, "worker processes contending for the lock (2 to 16)")
 	fs.DurationVar(&o.Duration, "duration", 8*time.Second, "length of the contention phase before the faults")
-	fs.DurationVar(&o.HoldMax, "hold", 200*time.Millisecond, "longest a worker holds the lock doing \"work\"; each hold is random between a fifth of it and it")
-	faults := fs.String("faults", strings.Join(allFaults, ","), "faults to inject after the contention phase, in order (comma-separated; \"none\" for none)")
-	fs.StringVar(&o.PGBin, "pg-bin", "", "directory holding initdb and postgres for the throwaway server (default: found on PATH, pg_config or /usr/lib/postgresql/*/bin)")
+	fs.DurationVar(&o.HoldMax, "hold", 200*time.Millisecond, "longest a worker holds the lock doing \"work\"; each hold is random\nbetween a fifth of it and it")
+	faults := fs.String("faults", strings.Join(allFaults, ","), "faults to inject after the contention phase, in order\n(comma-separated; \"none\" for none)")
+	fs.StringVar(&o.PGBin, "pg-bin", "", "directory holding initdb and postgres for the throwaway server\n(default: found on PATH, pg_config or /usr/lib/postgresql/*/bin)")
 	fs.StringVar(&o.Key, "key", "pgbaton-demo", "name of the lock the workers contend for")
 	if err := parseFlags(fs, args); err != nil {
 		return o, err
 	}
-	dsnSet := false
-	fs.Visit(func(f *flag.Flag) { dsnSet = dsnSet || f.Name == "dsn" })
-	if !dsnSet {
-		o.DSN = os.Getenv(pgbaton.EnvDatabaseURL)
-	}
+	faultsSet := false
+	fs.Visit(func(f *flag.Flag) { faultsSet = faultsSet || f.Name == "faults" })
 	switch {
 	case o.Workers < 2 || o.Workers > 16:
 		return o, usagef("-workers %d: use 2 to 16 (contention needs at least two)", o.Workers)
@@ -109,6 +120,16 @@ func parseDemoFlags(out *output, args []string) (demoOptions, error) {
 		if _, err := serverAddr(o.DSN); err != nil {
 			return o, &usageError{msg: err.Error()}
 		}
+	}
+	switch {
+	case o.AllowFaultsOnDSN && o.DSN == "":
+		return o, usagef("-allow-faults-on-dsn is for -dsn; without -dsn the faults go to a throwaway server anyway")
+	case o.DSN != "" && !o.AllowFaultsOnDSN && len(o.Faults) > 0:
+		if faultsSet {
+			return o, usagef("-faults %s with -dsn: the demo injects faults only into a database it created, "+
+				"unless you add -allow-faults-on-dsn", strings.Join(o.Faults, ","))
+		}
+		o.Faults, o.FaultsRefused = nil, true
 	}
 	return o, nil
 }
@@ -145,6 +166,26 @@ func runDemoCmd(ctx context.Context, out *output, args []string) error {
 	return err
 }
 
+// errDemoBroken is the demo's failure when it counted an overlap or a loss
+// no fault explains: what pgbaton promises did not hold.
+var errDemoBroken = errors.New("the demo saw pgbaton's promises broken")
+
+// verdict turns a run's counts into its outcome: nil, or errDemoBroken
+// saying what was counted (exit status 1).
+func verdict(s stats) error {
+	var what []string
+	if s.Overlaps > 0 {
+		what = append(what, fmt.Sprintf("%d overlapping grants (two workers held the lock at once)", s.Overlaps))
+	}
+	if s.Spurious > 0 {
+		what = append(what, fmt.Sprintf("%d leases lost although no fault was injected into their holder", s.Spurious))
+	}
+	if len(what) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", errDemoBroken, strings.Join(what, "; "))
+}
+
 // demoResult is what a run did, for tests.
 type demoResult struct {
 	ClusterDir    string // "" with -dsn
@@ -157,6 +198,7 @@ type demoResult struct {
 type demo struct {
 	opts      demoOptions
 	out       io.Writer
+	exe       string // this program, re-executed as each worker
 	res       *demoResult
 	cluster   *pgtest.Cluster
 	target    string // host:port of the server
@@ -171,6 +213,9 @@ type demo struct {
 // cancelled by a signal) it stops every worker, closes every proxy and
 // removes the throwaway server before returning.
 func runDemo(ctx context.Context, w io.Writer, opts demoOptions) (res *demoResult, err error) {
+	ww := newWrapWriter(w, demoWidth)
+	defer ww.Flush()
+	w = ww
 	d := &demo{opts: opts, out: w, res: &demoResult{}}
 	defer func() {
 		err = errors.Join(err, d.cleanup(err != nil))
@@ -202,7 +247,7 @@ func runDemo(ctx context.Context, w io.Writer, opts demoOptions) (res *demoResul
 	d.tr.close()
 	d.res.Stats = d.tr.stats()
 	d.printSummary(d.res.Stats)
-	return d.res, nil
+	return d.res, verdict(d.res.Stats)
 }
 
 // acquireWait bounds each Acquire of the workers.
@@ -242,6 +287,10 @@ func (d *demo) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("-dsn: %w", err)
 	}
+	if d.cluster == nil {
+		// Say which database before touching it.
+		printf(d.out, "using YOUR DATABASE (-dsn), not a throwaway one:\n  %s\n", describeDSN(cfg))
+	}
 	cfg.RuntimeParams["application_name"] = "pgbaton-demo"
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -252,28 +301,60 @@ func (d *demo) setup(ctx context.Context) error {
 	return nil
 }
 
+// describeDSN names the server, user and database of cfg, on two lines,
+// without the password.
+func describeDSN(cfg *pgconn.Config) string {
+	pw := "no password"
+	if cfg.Password != "" {
+		pw = "password redacted"
+	}
+	return fmt.Sprintf("host %s port %d, user %s (%s),\n  database %s", cfg.Host, cfg.Port, cfg.User, pw, cfg.Database)
+}
+
+// shortVersion keeps the number of a server_version such as
+// "15.18 (Debian 15.18-0+deb12u1)".
+func shortVersion(v string) string {
+	if i := strings.IndexByte(v, ' '); i > 0 {
+		return v[:i]
+	}
+	return v
+}
+
 func (d *demo) printHeader() {
 	w := d.out
 	lc := demoLockerConfig("")
 	printf(w, "\npgbaton demo: %d worker processes contend for the advisory lock %q\n\n", d.opts.Workers, d.opts.Key)
 	if d.cluster != nil {
-		printf(w, "  server   PostgreSQL %s, throwaway cluster in %s (postmaster pid %d, %s)\n",
-			d.version, d.cluster.Dir(), d.cluster.PostmasterPID(), d.target)
+		printf(w, "  target   a throwaway server created for this run: PostgreSQL %s\n", shortVersion(d.version))
+		printf(w, "           at %s, postmaster pid %d\n           in %s\n", d.target, d.cluster.PostmasterPID(), d.cluster.Dir())
 	} else {
-		printf(w, "  server   PostgreSQL %s at %s (-dsn)\n", d.version, d.target)
+		printf(w, "  target   YOUR DATABASE (-dsn): PostgreSQL %s at %s\n", shortVersion(d.version), d.target)
+		if d.opts.AllowFaultsOnDSN {
+			printf(w, "           faults allowed there (-allow-faults-on-dsn): they hit the demo's\n"+
+				"           own workers, backends and proxies only\n")
+		}
 	}
-	printf(w, "  workers  each a Locker in its own process, connected through its own TCP proxy\n")
-	printf(w, "  work     each worker: Acquire (waiting at most %s), hold the lock %s–%s, Release, repeat\n",
+	printf(w, "  workers  each a Locker in its own process, behind its own TCP proxy\n")
+	printf(w, "  work     Acquire (waiting at most %s), hold the lock %s-%s, Release,\n           repeat\n",
 		fmtDur(d.acquireWait()), fmtDur(d.opts.HoldMin), fmtDur(d.opts.HoldMax))
-	printf(w, "  loss     heartbeat every %s; a lease is lost after %s without a confirmed heartbeat;\n"+
-		"           the server frees a silent client's locks after %s (keepalives, tcp_user_timeout)\n",
+	printf(w, "  loss     heartbeat every %s; a lease is lost after %s without a\n"+
+		"           confirmed heartbeat; the server frees a silent client's locks\n"+
+		"           after %s (keepalives, tcp_user_timeout)\n",
 		fmtDur(lc.HeartbeatInterval), fmtDur(lc.LeaseTimeout), fmtDur(lc.ServerReleaseTimeout()))
 	faults := "none"
 	if len(d.opts.Faults) > 0 {
 		faults = strings.Join(d.opts.Faults, ", ")
 	}
 	printf(w, "  plan     %s of contention, then faults: %s\n", d.opts.Duration, faults)
-	printf(w, "  times    since the start of the trace; handoff = one worker's Release call to the next one's grant\n\n")
+	printf(w, "  times    since the start of the trace; handoff = one worker's Release\n"+
+		"           call to the next one's grant; [pid N] = the lock's backend\n")
+	if d.opts.FaultsRefused {
+		printf(w, "\n  No faults: the demo kills, terminates and black-holes only in a\n"+
+			"  database it created. To inject them into this one (they hit the\n"+
+			"  demo's own workers), add -allow-faults-on-dsn; or run without -dsn\n"+
+			"  for a throwaway server.\n")
+	}
+	printf(w, "\n")
 }
 
 // cleanup stops everything the run started, in order: workers, the trace,
@@ -311,7 +392,7 @@ func (d *demo) cleanup(failed bool) error {
 		if err := d.cluster.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("stopping the throwaway server: %w", err))
 		} else {
-			done = append(done, fmt.Sprintf("throwaway server stopped and %s removed", d.cluster.Dir()))
+			done = append(done, "throwaway server stopped", d.cluster.Dir()+" removed")
 		}
 	}
 	if len(done) > 0 {
@@ -319,7 +400,7 @@ func (d *demo) cleanup(failed bool) error {
 		if failed {
 			prefix = "stopped early; cleaned up"
 		}
-		printf(d.out, "\n%s: %s\n", prefix, strings.Join(done, ", "))
+		printf(d.out, "\n%s:\n  %s\n", prefix, strings.Join(done, "\n  "))
 	}
 	return errors.Join(errs...)
 }

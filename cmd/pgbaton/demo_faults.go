@@ -25,7 +25,7 @@ func (d *demo) injectFaults(ctx context.Context) error {
 	if len(d.opts.Faults) == 0 {
 		return nil
 	}
-	d.tr.note("faults", "from now on each holder keeps the lock until a fault takes it")
+	d.tr.note("faults", "from now on each holder keeps the lock until a fault ends it")
 	for _, p := range d.workers {
 		if !p.exited() {
 			if err := p.send("keep"); err != nil && !p.exited() {
@@ -73,12 +73,34 @@ func (d *demo) awaitHolder(ctx context.Context) (holding, error) {
 func (d *demo) faultKill(ctx context.Context, f *faultRecord, p *demoProc) error {
 	f.Title = "SIGKILL the holder's process"
 	d.tr.add(&event{Kind: evFault, fault: f, verb: "kill -9",
-		text: fmt.Sprintf("%s holds the lock; killing its process %d", p.name, p.pid)})
+		text: fmt.Sprintf("%s holds the lock; kill -9 of its process %d", p.name, p.pid)})
 	if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("kill %d: %w", p.pid, err)
 	}
-	return d.tr.await(ctx, faultWait, "grant after the kill", func() bool {
+	if err := d.tr.await(ctx, faultWait, "grant after the kill", func() bool {
 		return f.GrantT != 0 && d.tr.exited[p.name]
+	}); err != nil {
+		return err
+	}
+	return d.replaceWorker(ctx, p)
+}
+
+// replaceWorker starts a new worker in place of a killed one, holding each
+// lease until a fault takes it like the others, and waits until its Locker
+// is open: every later fault needs a worker other than the holder to hand
+// the lock to, even with -workers 2.
+func (d *demo) replaceWorker(ctx context.Context, dead *demoProc) error {
+	name := fmt.Sprintf("w%d", len(d.workers)+1)
+	d.tr.note("replace", "%s was killed; starting %s in its place", dead.name, name)
+	if err := d.startWorker(d.exe, name); err != nil {
+		return fmt.Errorf("starting %s in place of %s: %w", name, dead.name, err)
+	}
+	p := d.worker(name)
+	if err := p.send("keep"); err != nil && !p.exited() {
+		return fmt.Errorf("telling %s to keep its leases: %w", name, err)
+	}
+	return d.tr.await(ctx, 30*time.Second, "start of "+name, func() bool {
+		return d.tr.ready[name] || d.tr.exited[name]
 	})
 }
 
@@ -86,7 +108,8 @@ func (d *demo) faultKill(ctx context.Context, f *faultRecord, p *demoProc) error
 func (d *demo) faultTerminate(ctx context.Context, f *faultRecord, h holding) error {
 	f.Title = "terminate the holder's backend"
 	d.tr.add(&event{Kind: evFault, fault: f, verb: "terminate",
-		text: fmt.Sprintf("%s holds the lock on backend %d (%s): SELECT pg_terminate_backend(%d)", h.worker, h.backend, h.app, h.backend)})
+		text: fmt.Sprintf("%s holds the lock on backend %d: "+
+			"pg_terminate_backend(%d)", h.worker, h.backend, h.backend)})
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	res := d.admin.ExecParams(qctx, "SELECT pg_terminate_backend($1::int4)",
@@ -113,7 +136,8 @@ func (d *demo) faultBlackhole(ctx context.Context, f *faultRecord, p *demoProc) 
 	release := lc.ServerReleaseTimeout()
 	t := now()
 	d.tr.add(&event{Kind: evFault, T: t, fault: f, verb: "blackhole",
-		text: fmt.Sprintf("%s holds the lock; its proxy now forwards nothing and closes nothing", p.name)})
+		text: fmt.Sprintf("%s holds the lock; its proxy now forwards nothing and "+
+			"closes nothing", p.name)})
 	p.proxy.BlackHole()
 	healed := false
 	defer func() {
@@ -153,29 +177,34 @@ func (d *demo) printSummary(s stats) {
 	printf(tw, "  grants\t%d\t\n", s.Grants)
 	if n := len(s.Handoffs); n > 0 {
 		hs := slices.Sorted(slices.Values(s.Handoffs))
-		printf(tw, "  handoffs\t%d\tmedian %s, p90 %s, max %s (a Release call to the next worker's grant)\n",
+		printf(tw, "  handoffs\t%d\tmedian %s, p90 %s, max %s\n",
 			n, fmtDur(percentile(hs, 0.5)), fmtDur(percentile(hs, 0.9)), fmtDur(hs[n-1]))
+		printf(tw, "  \t\t(a Release call to the next worker's grant)\n")
 	} else {
 		printf(tw, "  handoffs\t0\t\n")
 	}
-	overlapNote := "grants while another worker still held the lock"
+	overlapNote := "grants while another worker held the lock"
 	if s.Overlaps > 0 {
-		overlapNote += "  <-- MUTUAL EXCLUSION BROKEN"
+		overlapNote = "<-- MUTUAL EXCLUSION BROKEN: " + overlapNote
 	}
 	printf(tw, "  overlaps\t%d\t%s\n", s.Overlaps, overlapNote)
-	spuriousNote := "leases lost although no fault was injected into their holder"
+	spuriousNote := "leases lost with no fault injected into their holder"
 	if s.Spurious > 0 {
-		spuriousNote += "  <-- a lease ended early"
+		spuriousNote = "<-- " + spuriousNote
 	}
 	printf(tw, "  unexplained losses\t%d\t%s\n", s.Spurious, spuriousNote)
-	printf(tw, "  wait timeouts\t%d\tbounded Acquire waits that expired (the worker queued again)\n", s.Expired)
+	printf(tw, "  wait timeouts\t%d\tbounded Acquire waits that expired (and queued again)\n", s.Expired)
 	_ = tw.Flush() // terminal output: see printf
 	if len(s.Faults) == 0 {
+		if s.Overlaps == 0 {
+			printf(w, "\n  No two workers held the lock at the same time.\n")
+		}
 		return
 	}
 	printf(w, "\n")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	printf(tw, "  fault\tholder\tholder saw the loss\tnext grant\thow the holder learned\n")
+	printf(tw, "  fault\tholder\tsaw its loss\tnext grant\n")
+	var causes []string
 	for _, f := range s.Faults {
 		detect, cause := "not reported", "its lease never ended: a bug"
 		if f.Kind == "kill" {
@@ -187,18 +216,20 @@ func (d *demo) printSummary(s stats) {
 		if ft, ok := f.Failover(); ok {
 			failover = fmt.Sprintf("%s (%s)", fmtDur(ft), f.Next)
 		}
-		printf(tw, "  %d %s\t%s\t%s\t%s\t%s\n", f.N, f.Kind, f.Victim, detect, failover, cause)
+		printf(tw, "  %d %s\t%s\t%s\t%s\n", f.N, f.Kind, f.Victim, detect, failover)
+		causes = append(causes, fmt.Sprintf("  %d %s: %s", f.N, f.Kind, cause))
 	}
 	_ = tw.Flush() // terminal output: see printf
+	printf(w, "\n  How each holder learned:\n%s\n", strings.Join(causes, "\n"))
 	var notes []string
 	for _, f := range s.Faults {
 		if f.Kind == "blackhole" && f.DetectT != 0 && f.FreedT != 0 {
 			if f.DetectT < f.FreedT {
-				notes = append(notes, fmt.Sprintf("The black-holed holder (%s) knew it had lost the lock %s before the server could hand it to anyone else.",
-					f.Victim, fmtDur(time.Duration(f.FreedT-f.DetectT))))
+				notes = append(notes, fmt.Sprintf("The black-holed holder (%s) knew it had lost the lock %s before "+
+					"the server could hand it to anyone else.", f.Victim, fmtDur(time.Duration(f.FreedT-f.DetectT))))
 			} else {
-				notes = append(notes, fmt.Sprintf("!! The black-holed holder (%s) learned of its loss only %s AFTER the server freed the lock.",
-					f.Victim, fmtDur(time.Duration(f.DetectT-f.FreedT))))
+				notes = append(notes, fmt.Sprintf("!! The black-holed holder (%s) learned of its loss only %s "+
+					"AFTER the server freed the lock.", f.Victim, fmtDur(time.Duration(f.DetectT-f.FreedT))))
 			}
 		}
 	}

@@ -83,6 +83,7 @@ func (d *demo) startWorkers(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("finding this program to start workers: %w", err)
 	}
+	d.exe = exe
 	for i := 1; i <= d.opts.Workers; i++ {
 		if err := d.startWorker(exe, fmt.Sprintf("w%d", i)); err != nil {
 			return err
@@ -191,7 +192,8 @@ func (d *demo) readEvents(name string, r io.Reader) {
 // exits, and waits for them (bounded; stragglers are killed by cleanup).
 func (d *demo) stopWorkers(ctx context.Context) error {
 	d.tr.setStopping(false)
-	d.tr.note("stop", "closing the workers' input: each releases its lease, closes its Locker and exits")
+	d.tr.note("stop", "closing the workers' input: each releases its lease, closes its Locker "+
+		"and exits")
 	for _, p := range d.workers {
 		p.closeStdin()
 	}

@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -52,20 +53,34 @@ func demoOpts(t *testing.T, args ...string) demoOptions {
 	return o
 }
 
+// assertWidth checks that no line of the demo's output is wider than a
+// standard terminal.
+func assertWidth(t *testing.T, text string) {
+	t.Helper()
+	for i, line := range strings.Split(text, "\n") {
+		if n := utf8.RuneCountInString(line); n > demoWidth {
+			t.Errorf("output line %d is %d runes wide, want <= %d:\n%s", i+1, n, demoWidth, line)
+		}
+	}
+}
+
 // TestDemo runs the whole demo in-process on its own throwaway server: it
 // must show handoffs, every fault's loss signal and failover, no overlap,
-// and leave no process or directory behind.
+// and leave no process or directory behind. It runs with the fewest
+// workers accepted, 2: the killed worker must be replaced for the later
+// faults to have anyone to hand the lock to.
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	out := &safeBuffer{}
-	res, err := runDemo(ctx, out, demoOpts(t, "-dsn", "", "-workers", "3", "-duration", "1500ms", "-hold", "100ms"))
+	res, err := runDemo(ctx, out, demoOpts(t, "-workers", "2", "-duration", "1500ms", "-hold", "100ms"))
 	text := out.String()
 	t.Logf("demo output:\n%s", text)
 	if err != nil {
 		t.Fatalf("demo: %v", err)
 	}
+	assertWidth(t, text)
 	s := res.Stats
 
 	if len(s.Handoffs) < 3 || strings.Count(text, "handoff ") < 3 {
@@ -91,6 +106,12 @@ func TestDemo(t *testing.T) {
 	}
 	if kill.Next == kill.Victim {
 		t.Errorf("kill: the killed worker %s was granted the lock next", kill.Victim)
+	}
+	if !strings.Contains(text, kill.Victim+" was killed; starting w3 in its place") {
+		t.Errorf("kill: %s was not replaced by a new worker w3", kill.Victim)
+	}
+	if n := strings.Count(text, "first holder"); n != 1 {
+		t.Errorf("%d grants labelled \"first holder\", want 1", n)
 	}
 	if !regexp.MustCompile(`(?m)^ +\+[0-9.]+s  ` + kill.Victim + ` +exited +signal: killed$`).MatchString(text) {
 		t.Errorf("kill: no line shows %s's process killed", kill.Victim)
@@ -132,10 +153,15 @@ func TestDemoAgainstDSN(t *testing.T) {
 	c := pgtest.Shared()
 	db, _ := c.NewDB(t)
 	out := &safeBuffer{}
-	res, err := runDemo(ctx, out, demoOpts(t, "-dsn", c.TCPDSN(db), "-workers", "2", "-duration", "500ms", "-faults", "terminate,blackhole"))
+	res, err := runDemo(ctx, out, demoOpts(t, "-dsn", c.TCPDSN(db), "-allow-faults-on-dsn",
+		"-workers", "2", "-duration", "500ms", "-faults", "terminate,blackhole"))
 	t.Logf("demo output:\n%s", out.String())
 	if err != nil {
 		t.Fatalf("demo: %v", err)
+	}
+	assertWidth(t, out.String())
+	if !strings.Contains(out.String(), "using YOUR DATABASE (-dsn), not a throwaway one:\n  host 127.0.0.1 port ") {
+		t.Errorf("the demo does not say which database it uses")
 	}
 	if res.ClusterDir != "" {
 		t.Errorf("with -dsn the demo started a server in %s", res.ClusterDir)
@@ -154,7 +180,7 @@ func TestDemoAgainstDSN(t *testing.T) {
 			t.Errorf("%s: no grant followed", f.Kind)
 		}
 	}
-	if strings.Contains(out.String(), "throwaway") {
+	if strings.Contains(out.String(), "throwaway server created") {
 		t.Errorf("output mentions a throwaway server")
 	}
 	assertNothingLeft(t, "", res.WorkerPIDs)
@@ -195,7 +221,9 @@ func TestDemoAgainstDSN(t *testing.T) {
 func TestDemoInterrupt(t *testing.T) {
 	t.Parallel()
 	cmd := exec.Command(os.Args[0], "demo", "-workers", "3", "-duration", "60s")
-	cmd.Env = os.Environ()
+	// The Quick start has users export DATABASE_URL; the demo must not touch
+	// that database (here an unreachable one) unless -dsn names it.
+	cmd.Env = append(os.Environ(), "DATABASE_URL=postgres://user:s3cret@192.0.2.1:5432/production")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -251,17 +279,22 @@ read:
 	if !errors.As(err, &ee) || ee.ExitCode() != exitInterrupted {
 		t.Errorf("demo exit: %v, want status %d", err, exitInterrupted)
 	}
-	if !strings.Contains(text, "stopped early; cleaned up: 3 worker processes killed, 3 proxies closed, throwaway server stopped") {
+	if !strings.Contains(text, "stopped early; cleaned up:\n  3 worker processes killed\n  3 proxies closed\n  throwaway server stopped") {
 		t.Errorf("output does not report the clean-up")
 	}
+	if strings.Contains(text, "192.0.2.1") || strings.Contains(text, "YOUR DATABASE") {
+		t.Errorf("the demo used $DATABASE_URL")
+	}
+	assertWidth(t, text)
 	if !strings.Contains(stderr.String(), "interrupted") {
 		t.Errorf("stderr does not say the demo was interrupted: %q", stderr.String())
 	}
 
-	m := regexp.MustCompile(`throwaway cluster in (\S+) \(postmaster pid (\d+),`).FindStringSubmatch(text)
+	m := regexp.MustCompile(`postmaster pid (\d+)\n +in (\S+)`).FindStringSubmatch(text)
 	if m == nil {
 		t.Fatalf("no server line in the output")
 	}
+	m[1], m[2] = m[2], m[1]
 	pm, _ := strconv.Atoi(m[2])
 	pids := []int{pm}
 	for _, w := range regexp.MustCompile(`process (\d+) has its Locker open`).FindAllStringSubmatch(text, -1) {
@@ -312,6 +345,8 @@ func TestDemoFlags(t *testing.T) {
 		{[]string{"-dsn", "host=/var/run/postgresql dbname=x"}, "give a TCP host"},
 		{[]string{"-dsn", "postgres://%zz"}, "-dsn:"},
 		{[]string{"extra"}, `unexpected argument "extra"`},
+		{[]string{"-dsn", "postgres://u@localhost/db", "-faults", "kill"}, "unless you add -allow-faults-on-dsn"},
+		{[]string{"-allow-faults-on-dsn"}, "-allow-faults-on-dsn is for -dsn"},
 	} {
 		_, err := parseDemoFlags(&output{Stdout: io.Discard, Stderr: io.Discard}, tc.args)
 		var ue *usageError
@@ -325,6 +360,105 @@ func TestDemoFlags(t *testing.T) {
 	o := demoOpts(t, "-dsn", "", "-faults", "none")
 	if len(o.Faults) != 0 || o.Workers != 4 {
 		t.Errorf("defaults with -faults none: %+v", o)
+	}
+	o = demoOpts(t, "-dsn", "postgres://u@localhost/db")
+	if len(o.Faults) != 0 || !o.FaultsRefused {
+		t.Errorf("-dsn without -allow-faults-on-dsn: faults %v, want none (refused)", o.Faults)
+	}
+	o = demoOpts(t, "-dsn", "postgres://u@localhost/db", "-allow-faults-on-dsn")
+	if len(o.Faults) != 3 || o.FaultsRefused {
+		t.Errorf("-dsn with -allow-faults-on-dsn: faults %v, want all three", o.Faults)
+	}
+}
+
+// TestDemoRefusesFaultsOnDSN: on a database it did not create (-dsn), the
+// demo runs the contention part only, says why and how to allow faults,
+// names the database without its password, and succeeds.
+func TestDemoRefusesFaultsOnDSN(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := pgtest.Shared()
+	db, _ := c.NewDB(t)
+	out := &safeBuffer{}
+	dsn := c.TCPDSN(db) + " password=s3cret" // trust authentication ignores it
+	res, err := runDemo(ctx, out, demoOpts(t, "-dsn", dsn, "-workers", "2", "-duration", "300ms"))
+	text := out.String()
+	t.Logf("demo output:\n%s", text)
+	if err != nil {
+		t.Fatalf("demo: %v", err)
+	}
+	if len(res.Stats.Faults) != 0 || strings.Contains(text, "fault 1 of") {
+		t.Errorf("%d faults injected into a database the demo did not create", len(res.Stats.Faults))
+	}
+	for _, want := range []string{
+		"using YOUR DATABASE (-dsn), not a throwaway one:",
+		"user postgres (password redacted),\n  database " + db + "\n",
+		"No faults: the demo kills, terminates and black-holes only in a",
+		"add -allow-faults-on-dsn",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if strings.Contains(text, "s3cret") {
+		t.Errorf("the output shows the password")
+	}
+	if res.Stats.Grants == 0 {
+		t.Errorf("no contention ran")
+	}
+	assertWidth(t, text)
+	assertNothingLeft(t, "", res.WorkerPIDs)
+}
+
+// TestDemoExitsNonZeroOnUnexplainedLoss: a lease lost without a fault from
+// the demo (here an outsider terminates the holder's backend) is what the
+// demo exists to expose, so it must fail the run, not just print it.
+func TestDemoExitsNonZeroOnUnexplainedLoss(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Shared()
+	db, _ := c.NewDB(t)
+	// -hold 1m: the first holder keeps the lock for the whole run.
+	cmd := exec.Command(os.Args[0], "demo", "-dsn", c.TCPDSN(db), "-workers", "2", "-duration", "3s", "-hold", "1m")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr safeBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	var all []string
+	granted := regexp.MustCompile(`granted .*\[pid (\d+)\]`)
+	sc := bufio.NewScanner(stdout)
+	terminated := false
+	for sc.Scan() {
+		all = append(all, sc.Text())
+		if m := granted.FindStringSubmatch(sc.Text()); m != nil && !terminated {
+			pid, _ := strconv.Atoi(m[1])
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := c.TerminateBackend(ctx, pid)
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			terminated = true
+		}
+	}
+	err = cmd.Wait()
+	text := strings.Join(all, "\n")
+	t.Logf("demo output:\n%s\nstderr:\n%s", text, stderr.String())
+	if !terminated {
+		t.Fatalf("no grant seen: %v", err)
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitFailure {
+		t.Errorf("demo exit: %v, want status %d", err, exitFailure)
+	}
+	if !strings.Contains(text, "no fault was injected into") || !strings.Contains(stderr.String(), "1 leases lost although no fault") {
+		t.Errorf("the loss is not reported as unexplained (stderr %q)", stderr.String())
 	}
 }
 

@@ -121,6 +121,7 @@ type trace struct {
 	holder   *holding
 	lastRel  *event // a clean release not yet followed by a grant
 	lastLoss *event // a loss not caused by a fault, not yet followed by a grant
+	lastGone *event // the exit of a holder's process, not yet followed by a grant
 	ready    map[string]bool
 	exited   map[string]bool
 	fatal    string // the first worker's reason for giving up
@@ -318,6 +319,7 @@ func (tr *trace) process(e *event) {
 		tr.exited[e.worker] = true
 		if tr.holder != nil && tr.holder.worker == e.worker {
 			tr.holder = nil
+			tr.lastGone = e
 		}
 		if !tr.killing && (!tr.stopping || e.text != "exit status 0") {
 			tr.line(e.T, e.worker, "exited", e.text)
@@ -353,9 +355,9 @@ func (tr *trace) granted(e *event) {
 		tr.handoffs = append(tr.handoffs, d)
 		from := "from " + r.worker
 		if r.worker == e.worker {
-			from = "back to itself"
+			from = "from itself"
 		}
-		detail = fmt.Sprintf("handoff %-8s %s, which held it %s", fmtDur(d), from, fmtDur(r.Held))
+		detail = fmt.Sprintf("handoff %-6s %s (held %s)", fmtDur(d), from, fmtDur(r.Held))
 	case f != nil:
 		f.Next, f.GrantT = e.worker, e.T
 		detail = fmt.Sprintf("failover %s after the fault", fmtDur(time.Duration(e.T-f.T)))
@@ -364,11 +366,21 @@ func (tr *trace) granted(e *event) {
 		}
 	case tr.lastLoss != nil:
 		detail = fmt.Sprintf("takeover %s after %s lost it", fmtDur(time.Duration(e.T-tr.lastLoss.T)), tr.lastLoss.worker)
-	default:
+	case tr.lastGone != nil:
+		why := "ended"
+		if tr.stopping {
+			why = "was stopped by the demo"
+		}
+		detail = fmt.Sprintf("takeover %s after %s's process %s", fmtDur(time.Duration(e.T-tr.lastGone.T)), tr.lastGone.worker, why)
+	case tr.stopping:
+		detail = fmt.Sprintf("while the demo stops, after waiting %s", fmtDur(e.Waited))
+	case tr.grants == 1:
 		detail = fmt.Sprintf("first holder, after waiting %s", fmtDur(e.Waited))
+	default:
+		detail = fmt.Sprintf("after waiting %s", fmtDur(e.Waited))
 	}
-	tr.lastLoss = nil
-	tr.line(e.T, e.worker, "granted", detail+fmt.Sprintf("  [backend %d]", e.Backend))
+	tr.lastLoss, tr.lastGone = nil, nil
+	tr.line(e.T, e.worker, "granted", detail+fmt.Sprintf(" [pid %d]", e.Backend))
 	tr.holder = &holding{worker: e.worker, backend: e.Backend, app: e.App, since: e.T, keep: e.Keep}
 }
 

@@ -113,3 +113,62 @@ func TestErrorsAreShortenedNotLost(t *testing.T) {
 		t.Errorf("fmtDur(1.5ms) = %q", got)
 	}
 }
+
+// A grant that follows the demo stopping the holder (Ctrl-C kills the
+// workers; the next one in the queue gets the lock first) is a takeover,
+// not the run's first grant.
+func TestTraceLabelsGrantsAfterStop(t *testing.T) {
+	t.Parallel()
+	var out strings.Builder
+	tr := newTrace(&out, 0)
+	feed(tr, &event{Kind: evGranted, worker: "w1"})
+	tr.setStopping(true)
+	feed(tr,
+		&event{Kind: evExit, worker: "w1", text: "signal: killed"},
+		&event{Kind: evGranted, worker: "w2"},
+	)
+	text := out.String()
+	if n := strings.Count(text, "first holder"); n != 1 {
+		t.Errorf("%d grants labelled first holder, want 1:\n%s", n, text)
+	}
+	if !strings.Contains(text, "after w1's process was stopped by the demo") {
+		t.Errorf("the grant after the stop does not say it followed w1's exit:\n%s", text)
+	}
+	if s := tr.stats(); s.Overlaps != 0 {
+		t.Errorf("%d overlaps counted after the holder's process exited", s.Overlaps)
+	}
+}
+
+func TestWrapLine(t *testing.T) {
+	t.Parallel()
+	long := "  +1.567s  w3    granted    failover 4.94ms after the fault; w1 had stopped 1.46ms earlier [pid 11375]"
+	got := wrapLine(long, demoWidth)
+	lines := strings.Split(got, "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[1], strings.Repeat(" ", traceIndent)+"1.46ms") {
+		t.Errorf("trace line wrapped as:\n%s", got)
+	}
+	word := "  note " + strings.Repeat("x", 200)
+	for _, l := range strings.Split(wrapLine(word, demoWidth), "\n") {
+		if n := len([]rune(l)); n > demoWidth {
+			t.Errorf("a %d-rune line after wrapping", n)
+		}
+	}
+	if got := wrapLine("short line", demoWidth); got != "short line" {
+		t.Errorf("short line changed: %q", got)
+	}
+	if strings.ReplaceAll(strings.Join(strings.Fields(got), " "), "\n", "") == "" {
+		t.Error("text lost")
+	}
+}
+
+func TestVerdict(t *testing.T) {
+	t.Parallel()
+	if err := verdict(stats{Grants: 9}); err != nil {
+		t.Errorf("clean run: %v", err)
+	}
+	for _, s := range []stats{{Overlaps: 1}, {Spurious: 2}} {
+		if err := verdict(s); !errors.Is(err, errDemoBroken) {
+			t.Errorf("verdict(%+v) = %v, want errDemoBroken", s, err)
+		}
+	}
+}

@@ -80,10 +80,18 @@
 //     proxied connections. The summary shows that the holder knew of its loss
 //     before the lock could go to anyone else.
 //
-// With -dsn the demo runs against that database instead; the proxies then
-// run in front of it, so it must be reachable over TCP, and the demo's own
-// connection must be allowed to terminate the workers' backends (same role,
-// pg_signal_backend, or superuser).
+// A killed worker is replaced by a new one, so that every later fault has
+// a worker to hand the lock to (even with -workers 2). The demo exits with
+// status 1 if it counted an overlap or a loss no fault explains.
+//
+// The demo never picks a database by itself: $DATABASE_URL is ignored. With
+// -dsn it runs against that database instead, printing its host, port,
+// user and database (never the password), and runs the contention part
+// only: faults there need -allow-faults-on-dsn as well. The proxies then
+// run in front of it, so it must be reachable over TCP, and for the
+// terminate fault the demo's own connection must be allowed to terminate
+// the workers' backends (same role, pg_signal_backend, or superuser).
+// Every line it prints fits in 80 columns (longer ones are wrapped).
 //
 // # What the demo guarantees
 //

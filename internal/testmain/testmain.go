@@ -14,9 +14,14 @@ import (
 )
 
 // Run runs the package's tests against a shared cluster and returns the exit
-// code: non-zero if a test failed or a goroutine was left running.
-func Run(m *testing.M) int {
-	code := pgtest.Run(m, pgtest.Options{})
+// code: non-zero if a test failed or a goroutine was left running. opts, if
+// given, configures the cluster (e.g. DSNEnv for runnable Examples).
+func Run(m *testing.M, opts ...pgtest.Options) int {
+	var o pgtest.Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	code := pgtest.Run(m, o)
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goleak:", err)
