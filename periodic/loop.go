@@ -32,13 +32,23 @@ func (s *Scheduler) loop(j *jobState) {
 	}()
 	next := step{startup: true}
 	var backoff time.Duration
+	registered := false
 	for {
 		if !sleep(j.stopCtx, next.wait) {
 			return
 		}
 		var n step
 		var err error
-		if !next.target.IsZero() {
+		if !registered {
+			// The job's definition, recorded as the latest registration
+			// (whatever the lock says), so drift between instances shows.
+			var d defRow
+			if d, err = s.st.register(j.stopCtx, j); err == nil {
+				registered = true
+				s.checkDrift(j, d)
+			}
+		}
+		if err == nil && !next.target.IsZero() {
 			n, err = s.awaitTick(j, next)
 		}
 		if err == nil && n == (step{}) {
@@ -374,17 +384,14 @@ func (s *Scheduler) attempt(j *jobState, at step) (step, error) {
 			return s.nextAfter(j, at.target)
 		}
 		if !ok {
-			c, err = s.st.claimSlow(j.stopCtx, j, key.ID(), token, false, false)
+			c, err = s.st.claimSlow(j.stopCtx, j, key.ID(), token, false)
 		}
 	} else {
-		c, err = s.st.claimSlow(j.stopCtx, j, key.ID(), token, at.startup && j.RunOnStart, at.startup)
+		c, err = s.st.claimSlow(j.stopCtx, j, key.ID(), token, at.startup && j.RunOnStart)
 	}
 	if err != nil {
 		s.release(h)
 		return step{}, err
-	}
-	if at.startup {
-		s.checkDrift(j, c.def)
 	}
 	for _, a := range c.abandoned {
 		s.emit(Event{Kind: EventAbandoned, Job: j.Name, Tick: a.tick, Instance: a.instance})

@@ -72,9 +72,9 @@ func (st *store) t(sql string) string { return strings.ReplaceAll(sql, "clock_ti
 // defRow is a job's definition as the jobs row records it: the one last
 // registered, and the latest different one another instance reported.
 type defRow struct {
-	hash, instance, text            *string
+	hash, instance, text                *string
 	driftHash, driftInstance, driftText *string
-	driftAt                         *time.Time
+	driftAt                             *time.Time
 }
 
 func (d *defRow) dest() []any {
@@ -115,6 +115,33 @@ func prefixed(prefix, cols string) string {
 	return strings.Join(parts, ", ")
 }
 
+// register records j's definition in the jobs row (creating the row if
+// needed), as the instance that added the job last, and returns the row's
+// definition as it was before: the RETURNING subqueries read the row as of
+// before the statement. It clears the drift this instance reported before.
+func (st *store) register(ctx context.Context, j *jobState) (defRow, error) {
+	ctx, cancel := st.op(ctx)
+	defer cancel()
+	var old []string
+	for _, col := range strings.Split(defCols, ", ") {
+		old = append(old, `(SELECT o.`+col+` FROM `+st.jobs+` o WHERE o.job = $1)`)
+	}
+	var d defRow
+	clear := func(col string) string {
+		return col + ` = CASE WHEN t.drift_instance = $5 THEN NULL ELSE t.` + col + ` END`
+	}
+	err := st.pool.QueryRow(ctx, st.t(`INSERT INTO `+st.jobs+` AS t (job, schedule, floor_tick, definition_hash, definition, definition_instance, definition_at)
+VALUES ($1, $2, clock_timestamp(), $3, $4, $5, clock_timestamp())
+ON CONFLICT (job) DO UPDATE SET schedule = EXCLUDED.schedule, definition_hash = EXCLUDED.definition_hash,
+	definition = EXCLUDED.definition, definition_instance = EXCLUDED.definition_instance, definition_at = EXCLUDED.definition_at,
+	`+clear("drift_hash")+`, `+clear("drift_definition")+`, `+clear("drift_at")+`, `+clear("drift_instance")+`
+RETURNING `+strings.Join(old, ", ")), j.Name, j.scheduleText, j.defHash, j.defText, st.instance).Scan(d.dest()...)
+	if err != nil {
+		return d, fmt.Errorf("periodic: registering %s: %w", j.Name, err)
+	}
+	return d, nil
+}
+
 // reportDrift records in the jobs row that this instance runs definition
 // hash (text) while the row registers another one, so that every instance's
 // Health sees the drift.
@@ -150,7 +177,6 @@ type claim struct {
 	now       time.Time  // database time
 	notDue    bool       // fast path: the tick has not fired yet in database time
 	abandoned []abandoned
-	def       defRow // slow path: the jobs row's definition before the claim
 }
 
 // claimFast tries the one-statement claim of tick, expecting the cursor at
@@ -184,42 +210,19 @@ func (st *store) claimFast(ctx context.Context, j *jobState, tick, prev time.Tim
 
 // claimSlow decides under the job row's lock what the due ticks since the
 // cursor become, records the missed ones, and claims the first runnable one.
-//
-// register (the first claim since the job was added here) records this
-// instance's definition in the jobs row; c.def is the row's definition as
-// it was before.
-func (st *store) claimSlow(ctx context.Context, j *jobState, lockKey int64, token *int64, runOnStart, register bool) (claim, error) {
+func (st *store) claimSlow(ctx context.Context, j *jobState, lockKey int64, token *int64, runOnStart bool) (claim, error) {
 	ctx, cancel := st.op(ctx)
 	defer cancel()
 	var c claim
 	err := pgx.BeginFunc(ctx, st.pool, func(tx pgx.Tx) error {
 		var floor time.Time
 		sent := st.clock.local.Now()
-		// At registration (the first claim since the job was added here)
-		// the row takes this instance's definition; the RETURNING
-		// subquery reads the row as it was before the statement, so a
-		// different earlier registration shows as drift. Other claims
-		// leave the definition alone.
-		old := `(SELECT o.%s FROM ` + st.jobs + ` o WHERE o.job = $1)`
-		var olds []string
-		for _, col := range strings.Split(defCols, ", ") {
-			olds = append(olds, fmt.Sprintf(old, col))
-		}
+		// A claim inserts the job's row if it is missing (registering this
+		// instance's definition), and locks it.
 		err := tx.QueryRow(ctx, st.t(`INSERT INTO `+st.jobs+` AS t (job, schedule, floor_tick, definition_hash, definition, definition_instance, definition_at)
 VALUES ($1, $2, clock_timestamp(), $3, $4, $5, clock_timestamp())
-ON CONFLICT (job) DO UPDATE SET
-	schedule = CASE WHEN $6 THEN EXCLUDED.schedule ELSE t.schedule END,
-	definition_hash = CASE WHEN $6 THEN EXCLUDED.definition_hash ELSE t.definition_hash END,
-	definition = CASE WHEN $6 THEN EXCLUDED.definition ELSE t.definition END,
-	definition_instance = CASE WHEN $6 THEN EXCLUDED.definition_instance ELSE t.definition_instance END,
-	definition_at = CASE WHEN $6 THEN EXCLUDED.definition_at ELSE t.definition_at END,
-	drift_hash = CASE WHEN $6 AND t.drift_instance = $5 THEN NULL ELSE t.drift_hash END,
-	drift_definition = CASE WHEN $6 AND t.drift_instance = $5 THEN NULL ELSE t.drift_definition END,
-	drift_at = CASE WHEN $6 AND t.drift_instance = $5 THEN NULL ELSE t.drift_at END,
-	drift_instance = CASE WHEN $6 AND t.drift_instance = $5 THEN NULL ELSE t.drift_instance END
-RETURNING floor_tick, last_tick, clock_timestamp(), `+strings.Join(olds, ", ")),
-			j.Name, j.scheduleText, j.defHash, j.defText, st.instance, register).
-			Scan(append([]any{&floor, &c.last, &c.now}, c.def.dest()...)...)
+ON CONFLICT (job) DO UPDATE SET job = t.job
+RETURNING floor_tick, last_tick, clock_timestamp()`), j.Name, j.scheduleText, j.defHash, j.defText, st.instance).Scan(&floor, &c.last, &c.now)
 		if err != nil {
 			return err
 		}
