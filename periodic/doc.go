@@ -15,9 +15,19 @@
 //
 // When a tick fires, each instance:
 //
-//  1. tries the job's advisory lock without waiting ("lock busy" if another
-//     instance holds it);
-//  2. claims the tick in the database, in database time: one statement
+//  1. waits for it by the database's clock: it sleeps on its local
+//     estimate of database time, then reads the server's clock_timestamp()
+//     and the job's cursor in one statement, and sleeps the exact
+//     remainder if the tick has not fired yet. No instance takes the job's
+//     lock for a tick that is not due (the others would find the lock busy
+//     at the tick). If the cursor shows the tick recorded already, another
+//     instance covered it ("tick already claimed");
+//  2. tries the job's advisory lock without waiting. Busy does not mean
+//     covered: until the tick's start deadline, the instance re-checks the
+//     cursor and the lock, with a doubling pause from 5 ms, and only a
+//     recorded claim makes it let the tick go ("lock busy" if the lock
+//     stayed busy past the deadline without one: an overlapping run);
+//  3. claims the tick in the database, in database time: one statement
 //     advances the job's cursor in pgbaton.periodic_jobs from the previous
 //     tick to this one, if the tick has fired and is within its start
 //     deadline by the server's clock_timestamp(), and inserts its "running"
@@ -25,8 +35,27 @@
 //     that finds the cursor elsewhere takes the row lock, looks at every tick
 //     since the cursor and records what each became (missed, per the job's
 //     policy) before claiming the first that may still run;
-//  3. runs the function while holding the lock, records the outcome, and
+//  4. runs the function while holding the lock, records the outcome, and
 //     releases the lock.
+//
+// Next ticks are computed with a bound: a schedule's NextTick method when
+// it has one, and a check that the tick advances and is less than ten
+// years ahead. A schedule of the caller's own (not [Every] or [Cron]) is
+// called in a goroutine given up after Config.ScheduleTimeout, or when its
+// job stops, so that Add, Health, Close and the job's loop never wait on
+// it. A schedule that gives no next tick, does not return, panics or does
+// not advance is reported ([ErrScheduleBroken]: an error from Add, an
+// [EventScheduleError], [JobHealth.ScheduleError] with a 503 from the
+// handler) and its job is no longer scheduled on that instance.
+//
+// Each instance records its definition of a job (schedule, mode, policies,
+// start deadline, timeout, RunOnStart) in the jobs row when it adds the
+// job, as a description and its hash. An instance that finds another
+// definition registered, or that learns from the row that another instance
+// runs a different one, reports the drift: an [EventDefinitionDrift] whose
+// error is a [*DefinitionDriftError] with both hashes, definitions and
+// instances, and [JobHealth.Drift]. Drift does not make a job unhealthy: it
+// is what a rolling deploy that changes a job looks like.
 //
 // Lease mode ([Job.Run]) holds a session lease of the pgbaton Locker (a
 // dedicated lock connection) and gives the function a context cancelled if
@@ -120,7 +149,8 @@
 //   - Exact tick times: runs start when the tick fires plus scheduling and
 //     database latency (milliseconds); the lateness is in the events.
 //   - Instances must agree on a job's schedule and policies; the jobs table
-//     records the schedule last registered.
+//     records the definition last registered, and instances that disagree
+//     report the drift (events, Health) but go on with their own.
 //
 // # Dependencies
 //

@@ -33,6 +33,18 @@ type JobHealth struct {
 	NextTick time.Time `json:"next_tick,omitzero"`
 	// Now is the database time the report was made at.
 	Now time.Time `json:"now"`
+	// DefinitionHash identifies this instance's definition of the job
+	// (schedule, policies, timeout, mode).
+	DefinitionHash string `json:"definition_hash"`
+	// Drift is set while another instance runs a different definition
+	// (registered in the jobs row, or reported by that instance within the
+	// last few minutes): a rolling deploy in progress, or a misconfigured
+	// replica. It does not make the job unhealthy.
+	Drift *DefinitionDriftError `json:"drift,omitempty"`
+	// ScheduleError is set when the job's schedule could not give a next
+	// tick (see [ErrScheduleBroken]): the job is no longer scheduled on
+	// this instance, and the handler answers 503.
+	ScheduleError string `json:"schedule_error,omitempty"`
 }
 
 // Health reports every job this scheduler runs (the prune job included),
@@ -48,7 +60,7 @@ func (s *Scheduler) Health(ctx context.Context) ([]JobHealth, error) {
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
 	defer cancel()
-	rows, err := s.pool.Query(ctx, `SELECT j.job, j.floor_tick,
+	rows, err := s.pool.Query(ctx, s.st.t(`SELECT j.job, j.floor_tick, `+prefixed("j.", defCols)+`,
 	(SELECT max(r.finished_at) FROM `+s.st.runs+` r WHERE r.job = j.job AND r.status = 'succeeded'),
 	lr.tick, lr.status, lr.instance, lr.error,
 	EXISTS (SELECT 1 FROM `+s.st.runs+` r WHERE r.job = j.job AND r.status = 'running'),
@@ -56,7 +68,7 @@ func (s *Scheduler) Health(ctx context.Context) ([]JobHealth, error) {
 FROM `+s.st.jobs+` j
 LEFT JOIN LATERAL (SELECT r.through_tick AS tick, r.status, r.instance, r.error FROM `+s.st.runs+` r
 	WHERE r.job = j.job ORDER BY r.tick DESC LIMIT 1) lr ON true
-WHERE j.job = ANY($1) ORDER BY j.job`, names)
+WHERE j.job = ANY($1) ORDER BY j.job`), names)
 	if err != nil {
 		return nil, fmt.Errorf("periodic: health: %w", err)
 	}
@@ -69,7 +81,9 @@ WHERE j.job = ANY($1) ORDER BY j.job`, names)
 		var floor time.Time
 		var success, lastTick *time.Time
 		var status, inst, errText *string
-		if err := rows.Scan(&h.Job, &floor, &success, &lastTick, &status, &inst, &errText, &h.Running, &now); err != nil {
+		var def defRow
+		dest := append(append([]any{&h.Job, &floor}, def.dest()...), &success, &lastTick, &status, &inst, &errText, &h.Running, &now)
+		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("periodic: health: %w", err)
 		}
 		seen[h.Job] = true
@@ -84,6 +98,9 @@ WHERE j.job = ANY($1) ORDER BY j.job`, names)
 			}
 		}
 		s.judge(jobs[h.Job], &h, floor)
+		if d := s.drift(jobs[h.Job], def, now); d != nil {
+			h.Drift = d
+		}
 		out = append(out, h)
 	}
 	if err := rows.Err(); err != nil {
@@ -106,7 +123,12 @@ func (s *Scheduler) judge(j *jobState, h *JobHealth, floor time.Time) {
 		now = s.clock.now()
 		h.Now = now
 	}
-	h.Schedule = j.Schedule.String()
+	h.Schedule = j.scheduleText
+	h.DefinitionHash = j.defHash
+	if err := j.scheduleError(); err != nil {
+		h.ScheduleError = err.Error()
+		return
+	}
 	h.NextTick = j.Schedule.Next(now)
 	h.StaleAfter = time.Duration(j.StaleAfter) * interval(j.Schedule, now)
 	if floor.IsZero() {
@@ -150,6 +172,9 @@ func (s *Scheduler) HealthHandler() http.Handler {
 			rep.Jobs = append(rep.Jobs, h)
 			if h.Stale && code == http.StatusOK {
 				rep.Status, code = "stale", http.StatusServiceUnavailable
+			}
+			if h.ScheduleError != "" && rep.Status != "error" {
+				rep.Status, rep.Error, code = "error", h.ScheduleError, http.StatusServiceUnavailable
 			}
 		}
 		if want != "" && err == nil && len(rep.Jobs) == 0 {

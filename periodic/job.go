@@ -2,6 +2,8 @@ package periodic
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -193,8 +195,8 @@ func validateJob(j Job, builtin bool) (Job, error) {
 	if err := scheduleErr(j.Schedule); err != nil {
 		return j, &JobError{Job: j.Name, Field: "Schedule", Msg: err.Error(), Err: err}
 	}
-	if n := j.Schedule.Next(time.Now()); n.IsZero() {
-		return bad("Schedule", "%s has no future tick", j.Schedule)
+	if _, err := boundedNext(j.Schedule, time.Now()); err != nil {
+		return j, &JobError{Job: j.Name, Field: "Schedule", Msg: err.Error() + "; fix the schedule: every instance computes ticks from it", Err: err}
 	}
 	switch {
 	case j.Run == nil && j.RunTx == nil:
@@ -222,3 +224,23 @@ func validateJob(j Job, builtin bool) (Job, error) {
 }
 
 func (j *Job) txMode() bool { return j.RunTx != nil }
+
+// definition describes what instances must agree on for a job: the
+// schedule (with its zone and jitter), the policies, the timeout and the
+// mode. Its hash is recorded in the jobs row at registration; an instance
+// whose hash differs reports drift (a rolling deploy, or a misconfigured
+// replica).
+func (j *Job) definition(schedule string) string {
+	mode := "lease"
+	if j.txMode() {
+		mode = "transaction"
+	}
+	return fmt.Sprintf("schedule=%s; mode=%s; overlap=%s; missed=%s; start_deadline=%s; timeout=%s; run_on_start=%t",
+		schedule, mode, j.Overlap, j.Missed, j.StartDeadline, j.Timeout, j.RunOnStart)
+}
+
+// definitionHash is the first 16 hex digits of the SHA-256 of a definition.
+func definitionHash(def string) string {
+	sum := sha256.Sum256([]byte(def))
+	return hex.EncodeToString(sum[:8])
+}

@@ -3,6 +3,8 @@ package periodic
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,9 +15,9 @@ import (
 // step is what a job's loop does next.
 type step struct {
 	target  time.Time     // tick to claim by the fast path; zero: slow path
-	at      time.Time     // database time to wake up at; zero: see wait
-	wait    time.Duration // local sleep when at is zero
+	wait    time.Duration // local sleep before the attempt (a backoff)
 	startup bool          // first claim since the job was added here
+	busy    int           // times the lock was found busy for target
 }
 
 // loop schedules one job on this instance until it is stopped. Under
@@ -30,21 +32,44 @@ func (s *Scheduler) loop(j *jobState) {
 	}()
 	next := step{startup: true}
 	var backoff time.Duration
+	registered := false
 	for {
-		wait := next.wait
-		if !next.at.IsZero() {
-			wait = s.clock.until(next.at)
-		}
-		if !sleep(j.stopCtx, wait) {
+		if !sleep(j.stopCtx, next.wait) {
 			return
 		}
-		n, err := s.attempt(j, next)
+		var n step
+		var err error
+		if !registered {
+			// The job's definition, recorded as the latest registration
+			// (whatever the lock says), so drift between instances shows.
+			var d defRow
+			if d, err = s.st.register(j.stopCtx, j); err == nil {
+				registered = true
+				s.checkDrift(j, d)
+			}
+		}
+		if err == nil && !next.target.IsZero() {
+			n, err = s.awaitTick(j, next)
+		}
+		if err == nil && n == (step{}) {
+			n, err = s.attempt(j, next)
+		}
 		if err != nil {
 			if j.stopCtx.Err() != nil {
 				return
 			}
+			if errors.Is(err, ErrScheduleBroken) {
+				// The schedule cannot say when the next tick is: report it and
+				// stop scheduling the job here; Health reports it until the job
+				// is removed or the scheduler closed.
+				j.setScheduleErr(err)
+				s.emitScheduleError(j, err)
+				<-j.stopCtx.Done()
+				return
+			}
 			s.emit(Event{Kind: EventError, Job: j.Name, Tick: next.target, Err: err})
-			backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second, max(interval(j.Schedule, s.clock.now()), 100*time.Millisecond))
+			iv := s.realDuration(interval(j.Schedule, s.clock.now()))
+			backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second, max(iv, 10*time.Millisecond))
 			n = step{wait: backoff, startup: next.startup}
 		} else {
 			backoff = 0
@@ -71,20 +96,151 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// nextTick is the step that waits for the first tick that has not fired
-// yet (in estimated database time).
-func (s *Scheduler) nextTick(j *jobState) step {
+// awaitTick waits until at.target has fired by the database's clock,
+// before any lock is taken: an instance whose local estimate of database
+// time runs ahead must not hold the job's lock while the tick is not due
+// (the others, finding it busy, would give the tick up). It sleeps on the
+// local estimate, at most one interval (at most a minute) at a time, then
+// asks the database for its time and the job's cursor, and sleeps the
+// exact remainder if the tick has not fired yet: measured from the
+// database's answer, the remainder does not depend on the local clock,
+// which may have jumped or drifted since the last round trip.
+//
+// It returns the zero step when the caller should go on and claim the
+// tick, or the next step: the tick is recorded already (the cursor is at or
+// past it: covered by another instance), or the job is stopping.
+func (s *Scheduler) awaitTick(j *jobState, at step) (step, error) {
+	fire := fireAt(j.Schedule, j.Name, at.target)
+	most := min(max(interval(j.Schedule, at.target), 10*time.Millisecond), time.Minute)
+	wait := min(s.clock.until(fire), most)
+	for {
+		if !sleep(j.stopCtx, s.realDuration(wait)) {
+			return step{wait: time.Hour}, nil // stopping; the loop sees it
+		}
+		p, err := s.st.peek(j.stopCtx, j)
+		if err != nil {
+			return step{}, err
+		}
+		s.checkDrift(j, p.def)
+		if p.last != nil && !p.last.Before(at.target) {
+			s.emit(Event{Kind: EventClaimedElsewhere, Job: j.Name, Tick: at.target})
+			return s.nextAfter(j, *p.last)
+		}
+		if !p.now.Before(fire) {
+			return step{}, nil
+		}
+		wait = fire.Sub(p.now)
+		if wait < most {
+			wait += time.Millisecond
+		} else {
+			wait = most
+		}
+	}
+}
+
+// nextAfter is the step that claims the first tick after the tick just
+// dealt with, or, if that one's start deadline has passed already (this
+// instance fell behind: a long run, a stall), the latest tick that can
+// still start on time, or the one after it. Ticks it passes over are
+// recorded by the claim of the tick it targets (missed, per the policy).
+func (s *Scheduler) nextAfter(j *jobState, after time.Time) (step, error) {
+	t, err := s.nextTick(j, after)
+	if err != nil {
+		return step{}, err
+	}
 	now := s.clock.now()
+	if now.After(fireAt(j.Schedule, j.Name, t).Add(j.StartDeadline)) {
+		l := latestDue(j.Schedule, j.Name, now)
+		switch {
+		case !l.IsZero() && l.After(t) && !now.After(fireAt(j.Schedule, j.Name, l).Add(j.StartDeadline)):
+			t = l
+		case !l.IsZero() && l.After(t):
+			if t, err = s.nextTick(j, l); err != nil {
+				return step{}, err
+			}
+		}
+	}
+	return step{target: t}, nil
+}
+
+// firstOpen is the step after a slow-path attempt: the tick after the
+// cursor or the latest due tick, whichever is later.
+func (s *Scheduler) firstOpen(j *jobState, cursor *time.Time, now time.Time) (step, error) {
+	after := latestDue(j.Schedule, j.Name, now)
+	if cursor != nil && cursor.After(after) {
+		after = *cursor
+	}
+	if after.IsZero() {
+		after = now
+	}
+	return s.nextAfter(j, after)
+}
+
+// tickNexter is the bounded form of Schedule.Next that schedules may
+// implement: the first tick strictly after t, or an error (no next tick,
+// or none within the schedule's own horizon).
+type tickNexter interface {
+	NextTick(after time.Time) (time.Time, error)
+}
+
+// nextTickHorizon bounds how far ahead a next tick may be: a later one is
+// taken for a broken computation.
+const nextTickHorizon = 10 * 366 * 24 * time.Hour
+
+// ErrScheduleBroken: a job's schedule could not give its next tick: it
+// reported none, returned one not after its argument or beyond ten years,
+// panicked, or did not return within Config.ScheduleTimeout. The job is
+// not scheduled on this instance any more (an [EventScheduleError] and
+// [JobHealth.ScheduleError] say why); fix the schedule and add the job
+// again.
+var ErrScheduleBroken = errors.New("periodic: the job's schedule gives no next tick")
+
+// EventScheduleError: the job's schedule could not give its next tick (Err
+// matches [ErrScheduleBroken] and says why); the job stopped being
+// scheduled on this instance.
+const EventScheduleError EventKind = "schedule_error"
+
+// boundedNext returns the first tick of sched strictly after after, using
+// its NextTick method when it has one, and checks that the result
+// advances and lies within the horizon. Schedules other than the package's
+// own are also bounded in time (see guardedSchedule).
+func boundedNext(sched Schedule, after time.Time) (time.Time, error) {
+	if g, ok := sched.(*guardedSchedule); ok {
+		if err := g.broken(); err != nil {
+			return time.Time{}, err
+		}
+	}
 	var t time.Time
-	if l := latestDue(j.Schedule, j.Name, now); l.IsZero() {
-		t = j.Schedule.Next(now)
+	if nt, ok := sched.(tickNexter); ok {
+		var err error
+		if t, err = nt.NextTick(after); err != nil {
+			if errors.Is(err, ErrScheduleBroken) {
+				return t, err
+			}
+			return t, fmt.Errorf("%w: %s after %s: %w", ErrScheduleBroken, sched, fmtTick(after), err)
+		}
 	} else {
-		t = j.Schedule.Next(l)
+		t = sched.Next(after)
 	}
-	if t.IsZero() {
-		return step{wait: 24 * time.Hour} // the schedule has ended
+	if g, ok := sched.(*guardedSchedule); ok {
+		if err := g.broken(); err != nil {
+			return time.Time{}, err
+		}
 	}
-	return step{target: t, at: fireAt(j.Schedule, j.Name, t)}
+	switch {
+	case t.IsZero():
+		return t, fmt.Errorf("%w: %s has no tick after %s", ErrScheduleBroken, sched, fmtTick(after))
+	case !t.After(after):
+		return t, fmt.Errorf("%w: %s: Next(%s) returned %s, which is not after it", ErrScheduleBroken, sched, fmtTick(after), fmtTick(t))
+	case t.Sub(after) > nextTickHorizon:
+		return t, fmt.Errorf("%w: %s: Next(%s) returned %s, more than ten years later", ErrScheduleBroken, sched, fmtTick(after), fmtTick(t))
+	}
+	return t, nil
+}
+
+// nextTick is boundedNext for the job's schedule.
+func (s *Scheduler) nextTick(j *jobState, after time.Time) (time.Time, error) {
+	return boundedNext(j.Schedule, after)
 }
 
 // held is a lock taken for one attempt: a lease (lease mode) or the
@@ -151,6 +307,24 @@ func ignoreBusy(err error) error {
 	return err
 }
 
+// busyStep decides what to do after finding the lock busy for at.target.
+// Busy does not mean covered: the holder may be an instance that is about
+// to find the tick not due, or a run of an earlier tick. Only a recorded
+// claim (the cursor at or past the tick, read by awaitTick) covers it, so
+// the tick is re-checked, with a doubling pause from 5 ms, until its start
+// deadline passes; then it is given up ("lock busy"), and the claim of a
+// later tick records what it became.
+func (s *Scheduler) busyStep(j *jobState, at step) (step, error) {
+	deadline := fireAt(j.Schedule, j.Name, at.target).Add(j.StartDeadline)
+	now := s.clock.now()
+	pause := min(5*time.Millisecond<<min(at.busy, 12), max(s.realDuration(j.StartDeadline/4), 5*time.Millisecond))
+	if now.Add(s.virtualDuration(pause)).After(deadline) {
+		s.emit(Event{Kind: EventBusy, Job: j.Name, Tick: at.target})
+		return s.nextAfter(j, at.target)
+	}
+	return step{target: at.target, wait: pause, busy: at.busy + 1}, nil
+}
+
 // attempt takes the lock, claims a tick and runs it. Taking the lock
 // before claiming means a running row always has its lock held, so a
 // claimer that finds a running row without its lock knows it is abandoned.
@@ -168,17 +342,20 @@ func (s *Scheduler) attempt(j *jobState, at step) (step, error) {
 		return step{}, err
 	}
 	if busy {
-		tick := at.target
-		if tick.IsZero() {
-			tick = latestDue(j.Schedule, j.Name, s.clock.now())
+		if !at.target.IsZero() {
+			return s.busyStep(j, at)
 		}
-		s.emit(Event{Kind: EventBusy, Job: j.Name, Tick: tick})
-		return s.nextTick(j), nil
+		// Slow path (start, or after an error): whoever holds the lock is
+		// claiming or running; aim at the latest due tick if it can still
+		// start on time, else the next one, and re-check it.
+		now := s.clock.now()
+		s.emit(Event{Kind: EventBusy, Job: j.Name, Tick: latestDue(j.Schedule, j.Name, now)})
+		return s.firstOpen(j, nil, s.clock.now().Add(-j.StartDeadline))
 	}
 	select {
 	case <-j.stopCtx.Done(): // stopping: claim nothing more
 		s.release(h)
-		return step{}, nil
+		return step{wait: time.Hour}, nil
 	default:
 	}
 	var token *int64
@@ -197,15 +374,14 @@ func (s *Scheduler) attempt(j *jobState, at step) (step, error) {
 			return step{}, err
 		case ok:
 		case c.notDue:
-			// Woken early: the local clock's estimate of database time was
-			// ahead (a jump, a drift). The claim has just re-measured the
-			// offset, so the next tick is computed afresh.
+			// The database's clock went back between awaitTick and the claim
+			// (awaitTick saw the tick due): try the same tick again.
 			s.release(h)
-			return s.nextTick(j), nil
+			return step{target: at.target}, nil
 		case c.last != nil && !c.last.Before(at.target):
 			s.release(h)
 			s.emit(Event{Kind: EventClaimedElsewhere, Job: j.Name, Tick: at.target})
-			return s.nextTick(j), nil
+			return s.nextAfter(j, at.target)
 		}
 		if !ok {
 			c, err = s.st.claimSlow(j.stopCtx, j, key.ID(), token, false)
@@ -228,7 +404,7 @@ func (s *Scheduler) attempt(j *jobState, at step) (step, error) {
 		if !at.startup && c.missed.empty() && !at.target.IsZero() {
 			s.emit(Event{Kind: EventClaimedElsewhere, Job: j.Name, Tick: at.target})
 		}
-		return s.nextTick(j), nil
+		return s.firstOpen(j, c.last, c.now)
 	}
 	if j.Overlap == OverlapAllow {
 		j.runs.Add(1)
@@ -242,5 +418,152 @@ func (s *Scheduler) attempt(j *jobState, at step) (step, error) {
 	if c.more {
 		return step{}, nil
 	}
-	return s.nextTick(j), nil
+	return s.nextAfter(j, c.tick)
 }
+
+// ownSchedule reports whether sched is one of this package's schedules,
+// whose computations are bounded by construction.
+func ownSchedule(sched Schedule) bool {
+	switch sched.(type) {
+	case EverySchedule, CronSchedule:
+		return true
+	}
+	return false
+}
+
+// guardedSchedule calls a schedule of the caller's own under a bound: each
+// call runs in a goroutine and is given up after the timeout, or when the
+// job stops. A call that times out, panics, or returns a tick that does
+// not advance (Next not after its argument, Prev not before it) marks the
+// schedule broken: from then on every call returns the zero Time (no
+// tick) at once, and boundedNext reports the reason. A given-up call's
+// goroutine ends when the schedule's method returns.
+type guardedSchedule struct {
+	inner   Schedule
+	timeout time.Duration
+	stop    <-chan struct{}
+	text    string
+	jitter  time.Duration
+	err     atomic.Pointer[error]
+}
+
+// guard wraps sched, reading its String, JitterMax and Err once, under
+// the bound.
+func guard(sched Schedule, timeout time.Duration, stop <-chan struct{}) (*guardedSchedule, error) {
+	g := &guardedSchedule{inner: sched, timeout: timeout, stop: stop}
+	type info struct {
+		text   string
+		jitter time.Duration
+		err    error
+	}
+	r, err := bounded(g, "String", func() info {
+		var in info
+		in.text = sched.String()
+		if j, ok := sched.(Jittered); ok {
+			in.jitter = j.JitterMax()
+		}
+		in.err = scheduleErr(sched)
+		return in
+	})
+	if err != nil {
+		return nil, err
+	}
+	g.text, g.jitter = r.text, r.jitter
+	return g, r.err
+}
+
+// bounded runs f under g's bound.
+func bounded[T any](g *guardedSchedule, what string, f func() T) (T, error) {
+	var zero T
+	type result struct {
+		v     T
+		panic any
+	}
+	ch := make(chan result, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				ch <- result{panic: p}
+			}
+		}()
+		ch <- result{v: f()}
+	}()
+	t := time.NewTimer(g.timeout)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		if r.panic != nil {
+			return zero, g.fail(fmt.Errorf("%w: %T.%s panicked: %v", ErrScheduleBroken, g.inner, what, r.panic))
+		}
+		return r.v, nil
+	case <-t.C:
+		return zero, g.fail(fmt.Errorf("%w: %T.%s did not return within %s (Config.ScheduleTimeout)", ErrScheduleBroken, g.inner, what, g.timeout))
+	case <-g.stop:
+		return zero, fmt.Errorf("periodic: job stopped during %T.%s", g.inner, what)
+	}
+}
+
+func (g *guardedSchedule) fail(err error) error {
+	g.err.CompareAndSwap(nil, &err)
+	return *g.err.Load()
+}
+
+// broken returns why the schedule is broken, or nil.
+func (g *guardedSchedule) broken() error {
+	if p := g.err.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Next implements [Schedule].
+func (g *guardedSchedule) Next(t time.Time) time.Time {
+	if g.broken() != nil {
+		return time.Time{}
+	}
+	n, err := bounded(g, "Next", func() time.Time { return g.inner.Next(t) })
+	if err == nil && !n.IsZero() && !n.After(t) {
+		g.fail(fmt.Errorf("%w: %s: Next(%s) returned %s, which is not after it", ErrScheduleBroken, g.text, fmtTick(t), fmtTick(n)))
+		return time.Time{}
+	}
+	return n
+}
+
+// Prev implements [Schedule].
+func (g *guardedSchedule) Prev(t time.Time) time.Time {
+	if g.broken() != nil {
+		return time.Time{}
+	}
+	p, err := bounded(g, "Prev", func() time.Time { return g.inner.Prev(t) })
+	if err == nil && !p.IsZero() && !p.Before(t) {
+		g.fail(fmt.Errorf("%w: %s: Prev(%s) returned %s, which is not before it", ErrScheduleBroken, g.text, fmtTick(t), fmtTick(p)))
+		return time.Time{}
+	}
+	return p
+}
+
+// NextTick is Next with its error, for boundedNext.
+func (g *guardedSchedule) NextTick(t time.Time) (time.Time, error) {
+	if nt, ok := g.inner.(tickNexter); ok && g.broken() == nil {
+		type r struct {
+			t   time.Time
+			err error
+		}
+		v, err := bounded(g, "NextTick", func() r { t, err := nt.NextTick(t); return r{t, err} })
+		if err != nil {
+			return time.Time{}, err
+		}
+		return v.t, v.err
+	}
+	n := g.Next(t)
+	if err := g.broken(); err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+// String implements [Schedule] (read once, when the job was added).
+func (g *guardedSchedule) String() string { return g.text }
+
+// JitterMax implements [Jittered] (read once, when the job was added).
+func (g *guardedSchedule) JitterMax() time.Duration { return g.jitter }

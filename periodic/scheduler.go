@@ -65,6 +65,52 @@ type Config struct {
 	// Tracer, if set, traces the bookkeeping statements (an OpenTelemetry
 	// adapter, or a counter).
 	Tracer pgx.QueryTracer
+	// ScheduleTimeout bounds every call into a job's Schedule that is not
+	// one of this package's ([Every], [Cron]): a call that does not return
+	// in time, panics, or returns a tick that does not advance marks the
+	// schedule broken (see [ErrScheduleBroken]), so Add, Health, Close and
+	// the job's loop never wait on it. Default 1s.
+	ScheduleTimeout time.Duration
+
+	// replay, set by tests only, runs the scheduler on a replayed time
+	// line: database time is a linear function of the server's clock.
+	replay *replay
+}
+
+// replay maps real time to a replayed time line: at real instant Real the
+// replayed time is Start, and it runs Speed times as fast. It drives the
+// local clock, the database's time (every statement reads it through the
+// same function of clock_timestamp()) and the loop's sleeps alike, so a
+// test can run a day of ticks, DST changes included, in seconds.
+type replay struct {
+	Start, Real time.Time
+	Speed       float64
+}
+
+// Now is the replayed time now.
+func (r *replay) Now() time.Time {
+	return r.Start.Add(time.Duration(float64(time.Since(r.Real)) * r.Speed))
+}
+
+func (r *replay) sql() string {
+	return fmt.Sprintf("('%s'::timestamptz + (clock_timestamp() - '%s'::timestamptz) * %g)",
+		r.Start.UTC().Format(time.RFC3339Nano), r.Real.UTC().Format(time.RFC3339Nano), r.Speed)
+}
+
+// realDuration converts a duration of database time to a local sleep.
+func (s *Scheduler) realDuration(d time.Duration) time.Duration {
+	if r := s.cfg.replay; r != nil {
+		return time.Duration(float64(d) / r.Speed)
+	}
+	return d
+}
+
+// virtualDuration converts a local duration to database time.
+func (s *Scheduler) virtualDuration(d time.Duration) time.Duration {
+	if r := s.cfg.replay; r != nil {
+		return time.Duration(float64(d) * r.Speed)
+	}
+	return d
 }
 
 // Defaults.
@@ -76,6 +122,8 @@ const (
 	DefaultStaleAfter    = 3
 	DefaultOpTimeout     = 10 * time.Second
 	DefaultMaxConns      = 4
+	// DefaultScheduleTimeout is the default of Config.ScheduleTimeout.
+	DefaultScheduleTimeout = time.Second
 	// PruneJob is the name of the scheduler's built-in retention job.
 	PruneJob = "pgbaton.periodic.prune"
 )
@@ -97,6 +145,9 @@ func (c Config) resolve() (Config, error) {
 	if c.Clock == nil {
 		c.Clock = SystemClock()
 	}
+	if c.replay != nil {
+		c.Clock = c.replay
+	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -107,6 +158,7 @@ func (c Config) resolve() (Config, error) {
 	def(&c.Retention, DefaultRetention)
 	def(&c.PruneInterval, DefaultPruneInterval)
 	def(&c.OpTimeout, DefaultOpTimeout)
+	def(&c.ScheduleTimeout, DefaultScheduleTimeout)
 	if c.StaleAfter == 0 {
 		c.StaleAfter = DefaultStaleAfter
 	}
@@ -116,8 +168,8 @@ func (c Config) resolve() (Config, error) {
 	switch {
 	case len(c.Instance) > 100:
 		return bad("Instance", "%d bytes; use at most 100", len(c.Instance))
-	case c.ShutdownGrace < 0, c.CancelWait < 0, c.OpTimeout < 0, c.PruneInterval < 0:
-		return bad("ShutdownGrace/CancelWait/OpTimeout/PruneInterval", "negative; use a positive duration or 0 for the default")
+	case c.ShutdownGrace < 0, c.CancelWait < 0, c.OpTimeout < 0, c.PruneInterval < 0, c.ScheduleTimeout < 0:
+		return bad("ShutdownGrace/CancelWait/OpTimeout/PruneInterval/ScheduleTimeout", "negative; use a positive duration or 0 for the default")
 	case c.StaleAfter < 0:
 		return bad("StaleAfter", "%d; use a positive number of intervals", c.StaleAfter)
 	case c.MaxConns < 1:
@@ -176,7 +228,11 @@ func New(ctx context.Context, cfg Config) (*Scheduler, error) {
 	}
 	clock := &dbClock{local: cfg.Clock}
 	s := &Scheduler{cfg: cfg, locker: cfg.Locker, app: cfg.Pool, pool: pool, clock: clock, jobs: map[string]*jobState{}}
-	s.st = newStore(pool, lc.Schema, cfg.Instance, clock, cfg.OpTimeout)
+	nowSQL := ""
+	if cfg.replay != nil {
+		nowSQL = cfg.replay.sql()
+	}
+	s.st = newStore(pool, lc.Schema, cfg.Instance, clock, cfg.OpTimeout, nowSQL)
 	if err := s.st.checkSchema(ctx); err != nil {
 		pool.Close()
 		return nil, err
@@ -203,25 +259,41 @@ func (s *Scheduler) Config() Config { return s.cfg }
 func (s *Scheduler) Add(job Job) error { return s.add(job, false) }
 
 func (s *Scheduler) add(job Job, builtin bool) error {
+	// A schedule of the caller's own is called under a bound from here on:
+	// Add, Health, Close and the loop never wait on it for longer than
+	// ScheduleTimeout, nor after the job is stopped.
+	stopCtx, stopCancel := context.WithCancelCause(context.Background())
+	if job.Schedule != nil && !ownSchedule(job.Schedule) {
+		g, err := guard(job.Schedule, s.cfg.ScheduleTimeout, stopCtx.Done())
+		if err != nil {
+			stopCancel(err)
+			return &JobError{Job: job.Name, Field: "Schedule", Msg: err.Error(), Err: err}
+		}
+		job.Schedule = g
+	}
 	job, err := validateJob(job, builtin)
 	if err != nil {
+		stopCancel(err)
 		return err
 	}
 	if job.StaleAfter == 0 {
 		job.StaleAfter = s.cfg.StaleAfter
 	}
 	if job.txMode() && s.app == nil {
+		stopCancel(ErrInvalidJob)
 		return &JobError{Job: job.Name, Field: "RunTx", Msg: "transaction mode needs the application's pool: set Config.Pool"}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
+		stopCancel(ErrClosed)
 		return ErrClosed
 	}
 	if _, ok := s.jobs[job.Name]; ok {
+		stopCancel(ErrJobExists)
 		return fmt.Errorf("%w: %q", ErrJobExists, job.Name)
 	}
-	j := newJobState(job)
+	j := newJobState(job, stopCtx, stopCancel)
 	s.jobs[job.Name] = j
 	s.loops.Add(1)
 	go s.loop(j)
@@ -334,14 +406,24 @@ type jobState struct {
 	runCancel  context.CancelCauseFunc
 	done       chan struct{} // closed when the loop and every run ended
 
-	mu    sync.Mutex
-	runs  sync.WaitGroup
-	stuck []string
+	// scheduleText is Schedule.String(), read once. defText describes the
+	// definition instances must agree on, defHash is its hash.
+	scheduleText, defText, defHash string
+
+	mu        sync.Mutex
+	runs      sync.WaitGroup
+	stuck     []string
+	schedErr  error     // the schedule is broken (ErrScheduleBroken)
+	drift     string    // the other definition hash and instance last reported
+	driftSent time.Time // when the drift was last written to the jobs row
 }
 
-func newJobState(job Job) *jobState {
+func newJobState(job Job, stopCtx context.Context, stopCancel context.CancelCauseFunc) *jobState {
 	j := &jobState{Job: job, key: pgbaton.KeyName("periodic:" + job.Name), done: make(chan struct{})}
-	j.stopCtx, j.stopCancel = context.WithCancelCause(context.Background())
+	j.stopCtx, j.stopCancel = stopCtx, stopCancel
+	j.scheduleText = job.Schedule.String()
+	j.defText = job.definition(j.scheduleText)
+	j.defHash = definitionHash(j.defText)
 	j.runCtx, j.runCancel = context.WithCancelCause(context.Background())
 	return j
 }
@@ -358,6 +440,24 @@ func (j *jobState) addStuck(run string) {
 	j.mu.Lock()
 	j.stuck = append(j.stuck, run)
 	j.mu.Unlock()
+}
+
+func (j *jobState) setScheduleErr(err error) {
+	j.mu.Lock()
+	j.schedErr = err
+	j.mu.Unlock()
+}
+
+// scheduleErr returns why the job's schedule is broken, or nil.
+func (j *jobState) scheduleError() error {
+	if g, ok := j.Schedule.(*guardedSchedule); ok {
+		if err := g.broken(); err != nil {
+			return err
+		}
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.schedErr
 }
 
 func (j *jobState) stuckRuns() []string {

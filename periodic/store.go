@@ -26,11 +26,17 @@ type store struct {
 	fence      string // the call that draws a fencing token
 	sqlFast    string
 	sqlSweep   string
+	// nowSQL is the database time every decision and record uses:
+	// clock_timestamp(), or a replayed time line under test (see replay).
+	nowSQL string
 }
 
-func newStore(pool *pgxpool.Pool, schema, instance string, clock *dbClock, timeout time.Duration) *store {
+func newStore(pool *pgxpool.Pool, schema, instance string, clock *dbClock, timeout time.Duration, nowSQL string) *store {
 	q := pgx.Identifier{schema}.Sanitize()
-	st := &store{pool: pool, clock: clock, instance: instance, timeout: timeout,
+	if nowSQL == "" {
+		nowSQL = "clock_timestamp()"
+	}
+	st := &store{pool: pool, clock: clock, instance: instance, timeout: timeout, nowSQL: nowSQL,
 		jobs: q + ".periodic_jobs", runs: q + ".periodic_runs", fence: q + ".fence_next()"}
 	// A running row is abandoned when its lock is gone: either it is the
 	// key the claimer holds exclusively right now ($3), or pg_locks has no
@@ -55,7 +61,99 @@ WHERE r.job = $1 AND r.status = 'running' AND r.tick <> $2 AND (r.lock_key = $3 
 )
 SELECT (SELECT started_at FROM ins), (SELECT token FROM ins), (SELECT last_tick FROM ` + st.jobs + ` WHERE job = $1),
 	clock_timestamp(), (SELECT array_agg(tick ORDER BY tick) FROM sweep), (SELECT array_agg(instance ORDER BY tick) FROM sweep)`
+	st.sqlSweep = st.t(st.sqlSweep)
+	st.sqlFast = st.t(st.sqlFast)
 	return st
+}
+
+// t puts the store's database time into a statement.
+func (st *store) t(sql string) string { return strings.ReplaceAll(sql, "clock_timestamp()", st.nowSQL) }
+
+// defRow is a job's definition as the jobs row records it: the one last
+// registered, and the latest different one another instance reported.
+type defRow struct {
+	hash, instance, text                *string
+	driftHash, driftInstance, driftText *string
+	driftAt                             *time.Time
+}
+
+func (d *defRow) dest() []any {
+	return []any{&d.hash, &d.instance, &d.text, &d.driftHash, &d.driftInstance, &d.driftText, &d.driftAt}
+}
+
+const defCols = `definition_hash, definition_instance, definition, drift_hash, drift_instance, drift_definition, drift_at`
+
+// peekState is what awaitTick reads before taking the lock.
+type peekState struct {
+	now  time.Time  // database time
+	last *time.Time // the cursor (nil: no tick recorded yet)
+	def  defRow
+}
+
+// peek reads database time, the job's cursor and its registered
+// definition, in one round trip, without locking anything.
+func (st *store) peek(ctx context.Context, j *jobState) (peekState, error) {
+	ctx, cancel := st.op(ctx)
+	defer cancel()
+	var p peekState
+	sent := st.clock.local.Now()
+	err := st.pool.QueryRow(ctx, st.t(`SELECT n.now, j.last_tick, `+prefixed("j.", defCols)+`
+FROM (SELECT clock_timestamp() AS now) n LEFT JOIN `+st.jobs+` j ON j.job = $1`), j.Name).
+		Scan(append([]any{&p.now, &p.last}, p.def.dest()...)...)
+	if err != nil {
+		return p, fmt.Errorf("periodic: reading the state of %s: %w", j.Name, err)
+	}
+	st.clock.observe(p.now, sent, st.clock.local.Now())
+	return p, nil
+}
+
+func prefixed(prefix, cols string) string {
+	parts := strings.Split(cols, ", ")
+	for i := range parts {
+		parts[i] = prefix + parts[i]
+	}
+	return strings.Join(parts, ", ")
+}
+
+// register records j's definition in the jobs row (creating the row if
+// needed), as the instance that added the job last, and returns the row's
+// definition as it was before: the RETURNING subqueries read the row as of
+// before the statement. It clears the drift this instance reported before.
+func (st *store) register(ctx context.Context, j *jobState) (defRow, error) {
+	ctx, cancel := st.op(ctx)
+	defer cancel()
+	var old []string
+	for _, col := range strings.Split(defCols, ", ") {
+		old = append(old, `(SELECT o.`+col+` FROM `+st.jobs+` o WHERE o.job = $1)`)
+	}
+	var d defRow
+	clear := func(col string) string {
+		return col + ` = CASE WHEN t.drift_instance = $5 THEN NULL ELSE t.` + col + ` END`
+	}
+	err := st.pool.QueryRow(ctx, st.t(`INSERT INTO `+st.jobs+` AS t (job, schedule, floor_tick, definition_hash, definition, definition_instance, definition_at)
+VALUES ($1, $2, clock_timestamp(), $3, $4, $5, clock_timestamp())
+ON CONFLICT (job) DO UPDATE SET schedule = EXCLUDED.schedule, definition_hash = EXCLUDED.definition_hash,
+	definition = EXCLUDED.definition, definition_instance = EXCLUDED.definition_instance, definition_at = EXCLUDED.definition_at,
+	`+clear("drift_hash")+`, `+clear("drift_definition")+`, `+clear("drift_at")+`, `+clear("drift_instance")+`
+RETURNING `+strings.Join(old, ", ")), j.Name, j.scheduleText, j.defHash, j.defText, st.instance).Scan(d.dest()...)
+	if err != nil {
+		return d, fmt.Errorf("periodic: registering %s: %w", j.Name, err)
+	}
+	return d, nil
+}
+
+// reportDrift records in the jobs row that this instance runs definition
+// hash (text) while the row registers another one, so that every instance's
+// Health sees the drift.
+func (st *store) reportDrift(ctx context.Context, job, hash, text string) error {
+	ctx, cancel := st.op(ctx)
+	defer cancel()
+	_, err := st.pool.Exec(ctx, st.t(`UPDATE `+st.jobs+` SET drift_hash = $2, drift_definition = $3, drift_instance = $4, drift_at = clock_timestamp()
+WHERE job = $1 AND definition_hash IS DISTINCT FROM $2`), job, hash, text, st.instance)
+	if err != nil {
+		return fmt.Errorf("periodic: recording the definition drift of %s: %w", job, err)
+	}
+	return nil
 }
 
 // op bounds one bookkeeping operation. It is detached from the caller's
@@ -119,9 +217,12 @@ func (st *store) claimSlow(ctx context.Context, j *jobState, lockKey int64, toke
 	err := pgx.BeginFunc(ctx, st.pool, func(tx pgx.Tx) error {
 		var floor time.Time
 		sent := st.clock.local.Now()
-		err := tx.QueryRow(ctx, `INSERT INTO `+st.jobs+` (job, schedule) VALUES ($1, $2)
-ON CONFLICT (job) DO UPDATE SET schedule = EXCLUDED.schedule
-RETURNING floor_tick, last_tick, clock_timestamp()`, j.Name, j.Schedule.String()).Scan(&floor, &c.last, &c.now)
+		// A claim inserts the job's row if it is missing (registering this
+		// instance's definition), and locks it.
+		err := tx.QueryRow(ctx, st.t(`INSERT INTO `+st.jobs+` AS t (job, schedule, floor_tick, definition_hash, definition, definition_instance, definition_at)
+VALUES ($1, $2, clock_timestamp(), $3, $4, $5, clock_timestamp())
+ON CONFLICT (job) DO UPDATE SET job = t.job
+RETURNING floor_tick, last_tick, clock_timestamp()`), j.Name, j.scheduleText, j.defHash, j.defText, st.instance).Scan(&floor, &c.last, &c.now)
 		if err != nil {
 			return err
 		}
@@ -148,7 +249,7 @@ RETURNING floor_tick, last_tick, clock_timestamp()`, j.Name, j.Schedule.String()
 				return rows.Err()
 			})
 			b.Queue(`INSERT INTO `+st.runs+` (job, tick, through_tick, status, kind, instance, started_at, token, lock_key)
-VALUES ($1, $2, $2, 'running', $3, $4, clock_timestamp(), COALESCE($5::int8, `+st.fence+`), $6)
+VALUES ($1, $2, $2, 'running', $3, $4, `+st.nowSQL+`, COALESCE($5::int8, `+st.fence+`), $6)
 RETURNING started_at, token`, j.Name, c.tick, string(c.kind), st.instance, token, lockKey).QueryRow(func(r pgx.Row) error {
 				return r.Scan(&c.started, &c.token)
 			})
@@ -178,8 +279,8 @@ func (st *store) finish(ctx context.Context, q querier, j *jobState, tick time.T
 	if errText != "" {
 		e = &errText
 	}
-	sql := `UPDATE ` + st.runs + ` SET status = $4, finished_at = clock_timestamp(), error = $5
-WHERE job = $1 AND tick = $2 AND instance = $3 RETURNING clock_timestamp()`
+	sql := st.t(`UPDATE ` + st.runs + ` SET status = $4, finished_at = clock_timestamp(), error = $5
+WHERE job = $1 AND tick = $2 AND instance = $3 RETURNING clock_timestamp()`)
 	err := q.QueryRow(ctx, sql, j.Name, tick, st.instance, status, e).Scan(&now)
 	if _, inTx := q.(pgx.Tx); !inTx && connLost(err) {
 		// The update is idempotent: retry once on a fresh connection.
@@ -217,7 +318,7 @@ func (st *store) recordOverlapOnce(ctx context.Context, j *jobState, tick time.T
 		var last *time.Time
 		var now time.Time
 		sent := st.clock.local.Now()
-		if err := tx.QueryRow(ctx, `SELECT last_tick, clock_timestamp() FROM `+st.jobs+` WHERE job = $1 FOR UPDATE`, j.Name).Scan(&last, &now); err != nil {
+		if err := tx.QueryRow(ctx, st.t(`SELECT last_tick, clock_timestamp() FROM `+st.jobs+` WHERE job = $1 FOR UPDATE`), j.Name).Scan(&last, &now); err != nil {
 			return err
 		}
 		st.clock.observe(now, sent, st.clock.local.Now())
@@ -247,7 +348,7 @@ func (st *store) now(ctx context.Context) (time.Time, error) {
 	defer cancel()
 	var now time.Time
 	sent := st.clock.local.Now()
-	if err := st.pool.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&now); err != nil {
+	if err := st.pool.QueryRow(ctx, "SELECT "+st.nowSQL).Scan(&now); err != nil {
 		return now, err
 	}
 	st.clock.observe(now, sent, st.clock.local.Now())
@@ -281,8 +382,10 @@ func (st *store) checkSchema(ctx context.Context) error {
 	ctx, cancel := st.op(ctx)
 	defer cancel()
 	var ok bool
-	err := st.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regprocedure($3) IS NOT NULL",
-		st.jobs, st.runs, strings.TrimSuffix(st.fence, "()")+"()").Scan(&ok)
+	// definition_hash comes with migration 003.
+	err := st.pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regprocedure($3) IS NOT NULL
+	AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'definition_hash' AND NOT attisdropped)`,
+		st.jobs, st.runs, st.fence).Scan(&ok)
 	if err != nil {
 		return fmt.Errorf("periodic: checking the schema: %w", err)
 	}
