@@ -16,7 +16,8 @@ type CheckConfig struct {
 	ConnString string
 	// Pods is how many processes (pods, instances) connect. Default 1.
 	Pods int
-	// PoolMax is each process's application pool size. Default 20
+	// PoolMax is each process's application pool size. Default the
+	// connection string's pool_max_conns if it has one, else 20
 	// (DATABASE_POOL_MAX).
 	PoolMax int
 	// LockPoolMax is each process's lock connections (Config.MaxConns).
@@ -115,11 +116,21 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 	if cfg.ConnString == "" {
 		return nil, &ConfigError{Field: "ConnString", Msg: "empty; set it (or DATABASE_URL) to the service's connection string"}
 	}
+	// The string the service uses, parsed as NewPool and New parse it:
+	// pgx's and pgxpool's client parameters are consumed, not sent.
+	cs, err := parseConnString("ConnString", cfg.ConnString)
+	if err != nil {
+		return nil, err
+	}
+	poolMax := DefaultPoolMaxConns
+	if _, ok := cs.given["pool_max_conns"]; ok {
+		poolMax = int(cs.pool.MaxConns) // what NewPool uses when PoolMax is unset
+	}
 	for _, f := range []struct {
 		name string
 		v    *int
 		def  int
-	}{{"Pods", &cfg.Pods, 1}, {"PoolMax", &cfg.PoolMax, DefaultPoolMaxConns}, {"LockPoolMax", &cfg.LockPoolMax, DefaultMaxConns}} {
+	}{{"Pods", &cfg.Pods, 1}, {"PoolMax", &cfg.PoolMax, poolMax}, {"LockPoolMax", &cfg.LockPoolMax, DefaultMaxConns}} {
 		if *f.v == 0 {
 			*f.v = f.def
 		}
@@ -132,10 +143,7 @@ func Check(ctx context.Context, cfg CheckConfig) (*CheckReport, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	cc, err := pgx.ParseConfig(cfg.ConnString)
-	if err != nil {
-		return nil, &ConfigError{Field: "ConnString", Msg: fmt.Sprintf("cannot parse: %v", err)}
-	}
+	cc := cs.pool.ConnConfig
 	if _, ok := cc.RuntimeParams["application_name"]; !ok {
 		cc.RuntimeParams["application_name"] = "pgbaton-check"
 	}

@@ -13,7 +13,10 @@ import (
 // (or ConnConfig) means "use the default" written next to it.
 type Config struct {
 	// ConnString is a PostgreSQL connection string (URL or key=value). It
-	// must reach PostgreSQL directly: session leases refuse poolers.
+	// must reach PostgreSQL directly: session leases refuse poolers. The
+	// string the application pool uses works as it is: pgx's and pgxpool's
+	// own parameters (pool_max_conns, statement_cache_capacity,
+	// default_query_exec_mode, ...) are checked and not sent to the server.
 	ConnString string
 	// ConnConfig, if set, is used instead of ConnString (copied, not kept).
 	ConnConfig *pgconn.Config
@@ -196,8 +199,10 @@ func (c Config) resolve() (Config, error) {
 		return bad("ConnString", "empty; set it (or DATABASE_URL) to a PostgreSQL connection string")
 	}
 	if c.ConnConfig == nil {
-		if _, err := pgconn.ParseConfig(c.ConnString); err != nil {
-			return bad("ConnString", "cannot parse: %v", err)
+		// As New parses it: pgx's and pgxpool's client parameters are
+		// consumed (and checked), not sent to the server.
+		if _, err := lockConnConfig(c.ConnString); err != nil {
+			return c, err
 		}
 	}
 	for _, f := range []struct {

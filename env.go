@@ -21,14 +21,16 @@ const (
 )
 
 // ConfigFromEnv builds a Config from environment variables, using getenv
-// (os.Getenv in production; a map lookup in tests). Unset variables keep the
-// defaults; a malformed one is a [*ConfigError] naming the variable. The
-// result is validated.
+// (os.Getenv in production; a map lookup in tests). The connection string
+// is DATABASE_URL or, when it is unset, the standard PG* variables that are
+// set (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD, PGSSLMODE, ...), as
+// psql and pgx read them. Unset variables keep the defaults; a malformed one
+// is a [*ConfigError] naming the variable. The result is validated.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	var c Config
-	c.ConnString = getenv(EnvDatabaseURL)
-	if c.ConnString == "" {
-		return c, &ConfigError{Field: EnvDatabaseURL, Msg: "not set; export DATABASE_URL=postgres://user@host/db"}
+	var err error
+	if c.ConnString, err = connStringFromEnv(getenv); err != nil {
+		return c, err
 	}
 	ints := []struct {
 		env string

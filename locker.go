@@ -104,8 +104,8 @@ func New(ctx context.Context, cfg Config) (*Locker, error) {
 	var connCfg *pgconn.Config
 	if cfg.ConnConfig != nil {
 		connCfg = cfg.ConnConfig.Copy()
-	} else if connCfg, err = pgconn.ParseConfig(cfg.ConnString); err != nil {
-		return nil, &ConfigError{Field: "ConnString", Msg: err.Error()}
+	} else if connCfg, err = lockConnConfig(cfg.ConnString); err != nil {
+		return nil, err
 	}
 	if connCfg.RuntimeParams == nil {
 		connCfg.RuntimeParams = map[string]string{}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -17,8 +18,7 @@ import (
 //
 // pgbaton's lock connections are separate from the pool the application
 // does its work with, so that lock holders never wait for that pool. That
-// pool still needs two properties the seeds learned the hard way, and which
-// pgxpool does not have by default:
+// pool still needs properties the seeds learned the hard way:
 //
 //   - Every wait for a connection is bounded. pgxpool waits for a free
 //     connection until the caller's context ends, forever with
@@ -26,14 +26,25 @@ import (
 //     reached (including through the embedded *pgxpool.Pool and code that
 //     takes one), by PoolConfig.AcquireTimeout; the Pool's own methods turn
 //     an expired wait into a [*PoolExhaustedError] (errors.Is
-//     ErrPoolExhausted), and the pool recovers by itself as soon as
-//     connections are released.
+//     ErrPoolExhausted) when connections were in use all along, and into a
+//     [*PoolConnectError] (errors.Is ErrConnect) when the time went into
+//     opening a connection or checking an idle one. The pool recovers by
+//     itself as soon as connections are released.
 //   - An idle connection whose backend died (terminated, idle timeout,
-//     server restart) is not handed out. pgx does not read idle sockets, so
-//     it would learn of the death only by failing the next query. On each
-//     acquisition the Pool peeks at the socket without blocking or a round
-//     trip (one non-blocking recv on Linux and the BSDs); an idle connection
-//     with pending bytes or EOF is discarded and another one is taken.
+//     server restart) is checked before it is handed out once it has been
+//     idle for PoolConfig.PingAfterIdle (default 1 s, pgxpool's own default
+//     for Config.ShouldPing): pgxpool pings it (one round trip through pgx,
+//     bounded by the acquisition's deadline) and replaces it if the ping
+//     fails. A backend that dies while its connection was idle for less
+//     than that fails the next statement on it, as with a plain pgxpool;
+//     set PingAfterIdle lower to check more often, at a round trip per
+//     acquisition (BENCHMARKS.md, "Application pool").
+//
+// Nothing here touches a socket that pgx owns: pgx may have a background
+// reader parked on an idle connection's socket (it starts one when a write
+// takes more than about 15 ms), and only pgx knows. Every hook installed in
+// pgx (the acquire and connect tracer, ShouldPing) only records what it
+// sees and never blocks.
 
 // Environment variables read by [PoolConfigFromEnv], next to those of
 // [ConfigFromEnv] (DATABASE_URL and DATABASE_POOL_CONNECTION_TIMEOUT_MS are
@@ -48,11 +59,37 @@ const (
 	DefaultPoolMaxConns       = 20
 	DefaultPoolAcquireTimeout = 10 * time.Second
 	DefaultPoolIdleTimeout    = 30 * time.Second
+	DefaultPoolPingAfterIdle  = time.Second // pgxpool's default for ShouldPing
 )
 
 // ErrPoolExhausted: no connection of the application's pool became free
 // within PoolConfig.AcquireTimeout. See [PoolExhaustedError].
 var ErrPoolExhausted = errors.New("pgbaton: application pool exhausted")
+
+// PoolConnectError: the application pool could not open a connection, or
+// an idle connection did not answer its liveness ping, within
+// PoolConfig.AcquireTimeout, or opening one failed. It matches ErrConnect
+// and unwraps to the cause (a *pgconn.ConnectError, or
+// context.DeadlineExceeded when the bound expired first).
+type PoolConnectError struct {
+	// What was under way: "opening a connection", "waiting for
+	// connections being opened" or "pinging an idle connection".
+	Doing  string
+	Waited time.Duration
+	Cause  error
+}
+
+func (e *PoolConnectError) Error() string {
+	return fmt.Sprintf("pgbaton: application pool: no connection to PostgreSQL after %s (%s: %v); "+
+		"check that the connection string (%s) points at a server that answers, or raise %s",
+		e.Waited.Round(time.Millisecond), e.Doing, e.Cause, EnvDatabaseURL, EnvConnectTimeoutMS)
+}
+
+// Is makes errors.Is(err, ErrConnect) true.
+func (e *PoolConnectError) Is(target error) bool { return target == ErrConnect }
+
+// Unwrap returns the cause.
+func (e *PoolConnectError) Unwrap() error { return e.Cause }
 
 // PoolExhaustedError says how big the pool is and how long the caller
 // waited. It matches ErrPoolExhausted.
@@ -83,24 +120,30 @@ type PoolConfig struct {
 	// IdleTimeout closes connections idle for longer. Default 30s
 	// (DATABASE_POOL_IDLE_TIMEOUT_MS).
 	IdleTimeout time.Duration
+	// PingAfterIdle: a connection idle for longer is pinged (one round trip,
+	// within the acquisition's bound) before it is handed out, and replaced
+	// if the ping fails. Default 1s, pgxpool's. Lower catches more dead
+	// connections before the application sees them, at a round trip on more
+	// acquisitions; a ShouldPing set through Configure replaces it.
+	PingAfterIdle time.Duration
 	// Configure, if set, adjusts the pgxpool configuration last (for
 	// example ConnConfig.DefaultQueryExecMode behind PgBouncer). A Tracer,
-	// PrepareConn or BeforeAcquire set here is kept: the acquire bound and
-	// the liveness check are added next to it.
+	// ShouldPing, PrepareConn or BeforeAcquire set here is kept: the acquire
+	// bound is added next to it.
 	Configure func(*pgxpool.Config)
 }
 
-// PoolConfigFromEnv reads DATABASE_URL, DATABASE_POOL_MAX,
+// PoolConfigFromEnv reads DATABASE_URL (or, when it is unset, the PG*
+// variables, as [ConfigFromEnv] does), DATABASE_POOL_MAX,
 // DATABASE_POOL_CONNECTION_TIMEOUT_MS and DATABASE_POOL_IDLE_TIMEOUT_MS
 // through getenv. Unset variables keep the defaults; a malformed one is a
 // [*ConfigError] naming it.
 func PoolConfigFromEnv(getenv func(string) string) (PoolConfig, error) {
 	var c PoolConfig
-	c.ConnString = getenv(EnvDatabaseURL)
-	if c.ConnString == "" {
-		return c, &ConfigError{Field: EnvDatabaseURL, Msg: "not set; export DATABASE_URL=postgres://user@host/db"}
-	}
 	var err error
+	if c.ConnString, err = connStringFromEnv(getenv); err != nil {
+		return c, err
+	}
 	if c.MaxConns, err = envInt(getenv, EnvPoolMax); err != nil {
 		return c, err
 	}
@@ -117,34 +160,58 @@ func PoolConfigFromEnv(getenv func(string) string) (PoolConfig, error) {
 	return c, nil
 }
 
-func (c PoolConfig) resolve() (PoolConfig, error) {
+// resolve fills the defaults: a field left zero takes the connection
+// string's pool_max_conns or pool_max_conn_idle_time when it has one, else
+// pgbaton's default. It returns the parsed connection string too.
+func (c PoolConfig) resolve() (PoolConfig, *connSettings, error) {
+	if c.ConnString == "" {
+		return c, nil, &ConfigError{Field: "ConnString", Msg: "empty; set it (or DATABASE_URL) to a PostgreSQL connection string"}
+	}
+	cs, err := parseConnString("ConnString", c.ConnString)
+	if err != nil {
+		return c, nil, err
+	}
 	if c.MaxConns == 0 {
 		c.MaxConns = DefaultPoolMaxConns
+		if _, ok := cs.given["pool_max_conns"]; ok {
+			c.MaxConns = int(cs.pool.MaxConns)
+		}
 	}
 	if c.AcquireTimeout == 0 {
 		c.AcquireTimeout = DefaultPoolAcquireTimeout
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultPoolIdleTimeout
+		if _, ok := cs.given["pool_max_conn_idle_time"]; ok && cs.pool.MaxConnIdleTime > 0 {
+			c.IdleTimeout = cs.pool.MaxConnIdleTime
+		}
+	}
+	if c.PingAfterIdle == 0 {
+		c.PingAfterIdle = DefaultPoolPingAfterIdle
+	}
+	bad := func(field, format string, args ...any) (PoolConfig, *connSettings, error) {
+		return c, nil, &ConfigError{Field: field, Msg: fmt.Sprintf(format, args...)}
 	}
 	switch {
-	case c.ConnString == "":
-		return c, &ConfigError{Field: "ConnString", Msg: "empty; set it (or DATABASE_URL) to a PostgreSQL connection string"}
 	case c.MaxConns < 1 || c.MaxConns > 1<<20:
-		return c, &ConfigError{Field: "MaxConns", Msg: fmt.Sprintf("%d; need at least 1", c.MaxConns)}
+		return bad("MaxConns", "%d; need at least 1", c.MaxConns)
 	case c.AcquireTimeout < 0:
-		return c, &ConfigError{Field: "AcquireTimeout", Msg: fmt.Sprintf("negative (%s); use a positive duration or 0 for the default", c.AcquireTimeout)}
+		return bad("AcquireTimeout", "negative (%s); use a positive duration or 0 for the default", c.AcquireTimeout)
 	case c.IdleTimeout < 0:
-		return c, &ConfigError{Field: "IdleTimeout", Msg: fmt.Sprintf("negative (%s); use a positive duration or 0 for the default", c.IdleTimeout)}
+		return bad("IdleTimeout", "negative (%s); use a positive duration or 0 for the default", c.IdleTimeout)
+	case c.PingAfterIdle < 0:
+		return bad("PingAfterIdle", "negative (%s); use a positive duration or 0 for the default", c.PingAfterIdle)
 	}
-	return c, nil
+	return c, cs, nil
 }
 
 // Pool is the application's pgxpool with bounded acquisition and a
-// liveness check on idle connections. Its methods mirror pgxpool's and
-// return a [*PoolExhaustedError] when no connection frees up in time.
-// The embedded *pgxpool.Pool can be handed to code that wants one: its
-// acquisitions are bounded too, but report context.DeadlineExceeded.
+// liveness ping on connections idle for longer than PingAfterIdle. Its
+// methods mirror pgxpool's and return a [*PoolExhaustedError] when no
+// connection frees up in time, a [*PoolConnectError] when none can be
+// opened. The embedded *pgxpool.Pool can be handed to code that wants one:
+// its acquisitions are bounded too, but report pgx's own errors
+// (context.DeadlineExceeded at the bound).
 type Pool struct {
 	*pgxpool.Pool
 	cfg PoolConfig
@@ -154,14 +221,11 @@ type Pool struct {
 // a bad server shows at the first use, bounded by AcquireTimeout, or at
 // Ping.
 func NewPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
-	cfg, err := cfg.resolve()
+	cfg, cs, err := cfg.resolve()
 	if err != nil {
 		return nil, err
 	}
-	pc, err := pgxpool.ParseConfig(cfg.ConnString)
-	if err != nil {
-		return nil, &ConfigError{Field: "ConnString", Msg: fmt.Sprintf("cannot parse: %v", err)}
-	}
+	pc := cs.pool
 	pc.MaxConns = int32(cfg.MaxConns)
 	pc.MaxConnIdleTime = cfg.IdleTimeout
 	pc.HealthCheckPeriod = max(min(pc.HealthCheckPeriod, cfg.IdleTimeout/2), time.Second)
@@ -171,18 +235,20 @@ func NewPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 	if cfg.Configure != nil {
 		cfg.Configure(pc)
 	}
-	// The liveness check runs first, then the caller's own hook if any.
-	userPrepare, userBefore := pc.PrepareConn, pc.BeforeAcquire //nolint:staticcheck // a caller's Configure may still set the deprecated hook; it keeps working
-	pc.PrepareConn = func(ctx context.Context, c *pgx.Conn) (bool, error) {
-		switch {
-		case idleConnBroken(c.PgConn()):
-			return false, nil // destroyed; pgxpool takes another connection
-		case userPrepare != nil:
-			return userPrepare(ctx, c)
-		case userBefore != nil:
-			return userBefore(ctx, c), nil
+	// pgxpool pings the connections ShouldPing picks, with the acquisition's
+	// context (so within its bound), and replaces those that fail. The
+	// wrapper only notes the decision, for the error report.
+	shouldPing := pc.ShouldPing
+	if shouldPing == nil {
+		after := cfg.PingAfterIdle
+		shouldPing = func(_ context.Context, p pgxpool.ShouldPingParams) bool { return p.IdleDuration > after }
+	}
+	pc.ShouldPing = func(ctx context.Context, p pgxpool.ShouldPingParams) bool {
+		ping := shouldPing(ctx, p)
+		if st, ok := ctx.Value(acquireKey{}).(*acquireState); ok {
+			st.pinging.Store(ping)
 		}
-		return true, nil
+		return ping
 	}
 	bound := &acquireBound{timeout: cfg.AcquireTimeout, max: pc.MaxConns}
 	if pc.ConnConfig.Tracer != nil {
@@ -200,8 +266,9 @@ func NewPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 // PoolConfig returns the resolved configuration.
 func (p *Pool) PoolConfig() PoolConfig { return p.cfg }
 
-// acquireBound is a pgxpool acquire tracer that puts a deadline on every
-// acquisition and records, for the Pool's methods, that it expired.
+// acquireBound is a pgxpool acquire tracer and a pgx connect tracer: it
+// puts a deadline on every acquisition and records, for the Pool's
+// methods, why one failed. Its methods never block.
 type acquireBound struct {
 	timeout time.Duration
 	max     int32
@@ -209,14 +276,25 @@ type acquireBound struct {
 
 type acquireKey struct{}
 
-// acquireState is one acquisition in progress.
+// acquireState is one acquisition in progress. The connect fields are
+// written by the goroutine that opens the connection, which pgxpool lets
+// outlive an expired acquisition.
 type acquireState struct {
 	start  time.Time
 	cancel context.CancelFunc
+	// connecting: a connection opened for this acquisition has not
+	// connected, or failed to (pgx's connect tracer sees the acquisition's
+	// context values).
+	connecting atomic.Bool
+	// pinging: ShouldPing chose to ping the connection this acquisition
+	// took last. Set until the next ShouldPing of the same acquisition: a
+	// failed ping followed by an expired wait is still reported as the
+	// connection problem it was.
+	pinging atomic.Bool
 }
 
 // probeKey marks a context passed by a Pool method, which wants to know
-// whether its acquisition expired.
+// why its acquisition failed.
 type probeKey struct{}
 
 type acquireProbe struct{ err error }
@@ -228,15 +306,57 @@ func (b *acquireBound) TraceAcquireStart(ctx context.Context, _ *pgxpool.Pool, _
 	return context.WithValue(actx, acquireKey{}, &acquireState{start: time.Now(), cancel: cancel})
 }
 
-func (b *acquireBound) TraceAcquireEnd(ctx context.Context, _ *pgxpool.Pool, data pgxpool.TraceAcquireEndData) {
+func (b *acquireBound) TraceAcquireEnd(ctx context.Context, pool *pgxpool.Pool, data pgxpool.TraceAcquireEndData) {
 	st, ok := ctx.Value(acquireKey{}).(*acquireState)
 	if !ok {
 		return
 	}
 	expired := data.Err != nil && errors.Is(context.Cause(ctx), errAcquireTimeout)
 	st.cancel()
-	if probe, ok := ctx.Value(probeKey{}).(*acquireProbe); ok && expired {
-		probe.err = &PoolExhaustedError{MaxConns: b.max, Waited: time.Since(st.start)}
+	pr, ok := ctx.Value(probeKey{}).(*acquireProbe)
+	if !ok || data.Err == nil {
+		return
+	}
+	waited := time.Since(st.start)
+	var ce *pgconn.ConnectError
+	switch {
+	case errors.As(data.Err, &ce):
+		pr.err = &PoolConnectError{Doing: "opening a connection", Waited: waited, Cause: data.Err}
+	case !expired:
+		// The caller's own context ended, or the pool was closed: its error.
+	case st.connecting.Load():
+		pr.err = &PoolConnectError{Doing: "opening a connection", Waited: waited, Cause: context.DeadlineExceeded}
+	case st.pinging.Load():
+		pr.err = &PoolConnectError{Doing: "pinging an idle connection", Waited: waited, Cause: context.DeadlineExceeded}
+	case stillOpening(pool):
+		pr.err = &PoolConnectError{Doing: "waiting for connections being opened", Waited: waited, Cause: context.DeadlineExceeded}
+	default:
+		pr.err = &PoolExhaustedError{MaxConns: b.max, Waited: waited}
+	}
+}
+
+// stillOpening: connections are being opened, or none is in use, so an
+// expired wait was not for a connection to be released.
+func stillOpening(pool *pgxpool.Pool) bool {
+	s := pool.Stat()
+	return s.ConstructingConns() > 0 || s.AcquiredConns() == 0
+}
+
+// TraceConnectStart notes that the acquisition (if any) is waiting for a
+// connection being opened.
+func (b *acquireBound) TraceConnectStart(ctx context.Context, _ pgx.TraceConnectStartData) context.Context {
+	if st, ok := ctx.Value(acquireKey{}).(*acquireState); ok {
+		st.connecting.Store(true)
+	}
+	return ctx
+}
+
+// TraceConnectEnd notes that the connection is open. A failed connect
+// leaves the mark: its timeout and the acquisition's fire together, and
+// the acquisition may see only its own.
+func (b *acquireBound) TraceConnectEnd(ctx context.Context, data pgx.TraceConnectEndData) {
+	if st, ok := ctx.Value(acquireKey{}).(*acquireState); ok && data.Err == nil {
+		st.connecting.Store(false)
 	}
 }
 
@@ -246,13 +366,13 @@ func (b *acquireBound) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.T
 }
 func (b *acquireBound) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 
-// probe returns a context that records whether its acquisition expired.
+// probe returns a context that records why its acquisition failed.
 func probe(ctx context.Context) (context.Context, *acquireProbe) {
 	pr := &acquireProbe{}
 	return context.WithValue(ctx, probeKey{}, pr), pr
 }
 
-// typed replaces an acquisition's timeout error with the typed one.
+// typed replaces an acquisition's error with the typed one.
 func (pr *acquireProbe) typed(err error) error {
 	if err != nil && pr.err != nil {
 		return pr.err
