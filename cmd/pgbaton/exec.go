@@ -17,8 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/pgbaton/pgbaton"
 )
 
@@ -233,36 +231,15 @@ func runExec(ctx context.Context, out *output, args []string) error {
 // execConfig builds the Locker's configuration: -dsn, DATABASE_URL or the PG*
 // variables, plus the PGBATON_* variables ConfigFromEnv reads.
 func execConfig(f execFlags) (pgbaton.Config, error) {
-	getenv := func(k string) string {
-		if k == pgbaton.EnvDatabaseURL && f.dsn != "" {
+	return pgbaton.ConfigFromEnv(func(k string) string {
+		switch {
+		case k == pgbaton.EnvDatabaseURL && f.dsn != "":
 			return f.dsn
-		}
-		if k == pgbaton.EnvInstanceName && f.instance != "" {
+		case k == pgbaton.EnvInstanceName && f.instance != "":
 			return f.instance
 		}
 		return os.Getenv(k)
-	}
-	if getenv(pgbaton.EnvDatabaseURL) == "" {
-		// The standard PG* variables, as psql and pgx read them.
-		cc, err := pgconn.ParseConfig("")
-		if err != nil {
-			return pgbaton.Config{}, fmt.Errorf("no -dsn, DATABASE_URL or usable PG* variables: %w", err)
-		}
-		inner := getenv
-		getenv = func(k string) string {
-			if k == pgbaton.EnvDatabaseURL {
-				return "postgres://"
-			}
-			return inner(k)
-		}
-		cfg, err := pgbaton.ConfigFromEnv(getenv)
-		if err != nil {
-			return cfg, err
-		}
-		cfg.ConnString, cfg.ConnConfig = "", cc
-		return cfg, cfg.Validate()
-	}
-	return pgbaton.ConfigFromEnv(getenv)
+	})
 }
 
 type childResult struct {

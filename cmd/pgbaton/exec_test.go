@@ -395,3 +395,16 @@ func TestExecMutualExclusion(t *testing.T) {
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	waitExit(t, cmd, 10*time.Second, stderr)
 }
+
+// With no -dsn and no DATABASE_URL, the standard PG* variables name the
+// database, as psql's do.
+func TestExecPGVariables(t *testing.T) {
+	t.Parallel()
+	cl := pgtest.Shared()
+	name, _ := cl.NewDB(t)
+	env := []string{"DATABASE_URL=", "PGHOST=" + cl.Host(), "PGPORT=" + strconv.Itoa(cl.Port()), "PGDATABASE=" + name, "PGUSER=postgres"}
+	code, out, errOut := runExecProc(t, env, "k", "--", "sh", "-c", "echo ran")
+	if code != 0 || strings.TrimSpace(out) != "ran" {
+		t.Fatalf("exit %d, out %q\n%s", code, out, errOut)
+	}
+}
