@@ -497,6 +497,7 @@ func (l *Locker) acquireReserved(ctx context.Context, key Key, o acquireOptions,
 	if o.wait == 0 {
 		pickBy = start.Add(l.cfg.ConnectTimeout)
 	}
+	lostOnce := false
 	for {
 		c, err := l.pick(ctx, key.ident(), pickBy)
 		if err != nil {
@@ -507,6 +508,14 @@ func (l *Locker) acquireReserved(ctx context.Context, key Key, o acquireOptions,
 			return l.grant(c, key, o.mode, start, token)
 		}
 		l.done(c)
+		if err != nil && errors.Is(err, ErrConnLost) && !lostOnce && context.Cause(ctx) == nil && l.closeCtx.Err() == nil {
+			// The connection died under this try (a backend terminated
+			// while it sat idle, not yet noticed): the server freed
+			// everything of that session, so the key is free of us. Try
+			// once more on another connection.
+			lostOnce = true
+			continue
+		}
 		if err != nil {
 			return nil, l.lockErr(key, err)
 		}

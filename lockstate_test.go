@@ -364,3 +364,29 @@ func TestServerCancelsNeverLoseOrLeak(t *testing.T) {
 	}
 	t.Logf("%d cancels sent; %d tries, %d ended by a cancel", cancels, tries, tryErrs)
 }
+
+// A lock connection whose backend was terminated while idle, not yet
+// noticed: the next try must not fail because of it (the statement never
+// reached a live session, so it is retried on another connection).
+func TestTryAfterIdleBackendTerminated(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared().NewDatabase(t)
+	admin := adminConn(t, dsn)
+	ctx := testCtx(t)
+	l := newTestLocker(t, dsn, func(c *Config) { c.MaxConns = 1 })
+	for i := range 30 {
+		k := KeyName(fmt.Sprintf("after-terminate-%d", i))
+		pid := connPIDs(l)[0]
+		if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend($1)", int(pid)); err != nil {
+			t.Fatal(err)
+		}
+		ls, err := l.TryAcquire(ctx, k)
+		if err != nil {
+			t.Fatalf("round %d: TryAcquire right after the idle connection's backend was terminated: %v", i, err)
+		}
+		if err := ls.Release(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "a fresh connection", func() bool { return len(connPIDs(l)) == 1 && connPIDs(l)[0] != pid })
+	}
+}
