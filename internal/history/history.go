@@ -94,8 +94,8 @@ type Call struct {
 type Held struct {
 	Key  string `json:"key"`
 	Proc string `json:"proc,omitempty"` // the process the session belongs to, when known
-	PID int    `json:"pid"`
-	App string `json:"app"` // the session's application_name
+	PID  int    `json:"pid"`
+	App  string `json:"app"` // the session's application_name
 	// For is how long it was seen held (it was held at the first look and
 	// at the last, For apart).
 	For time.Duration `json:"for,omitempty"`
