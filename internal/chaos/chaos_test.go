@@ -67,7 +67,9 @@ func run(t *testing.T, o Options) *Report {
 
 // TestChaos is the fault-injection suite: 6 workers contend for 4 keys with
 // fenced writes while every kind of fault is injected. No healthy overlap,
-// no accepted stale write, no unreported loss, tokens in grant order.
+// no accepted stale write, no unreported loss, tokens in grant order; every
+// call within its bound, no failed call leaving its key locked, and nothing
+// locked at the quiet points.
 func TestChaos(t *testing.T) {
 	d := defaultDuration
 	if v := os.Getenv(DurationEnv); v != "" {
@@ -103,6 +105,12 @@ func TestChaos(t *testing.T) {
 	}
 	if res.Lost == 0 {
 		t.Error("no loss reported: the faults did not reach the holders")
+	}
+	if res.QuietPoints < 2 {
+		t.Errorf("%d quiet points, want at least 2 (one in the run, one at its end)", res.QuietPoints)
+	}
+	if res.Panics == 0 {
+		t.Error("no critical section panicked")
 	}
 }
 
@@ -142,4 +150,43 @@ func TestUnfencedControl(t *testing.T) {
 	if r.Result.StaleAccepted == 0 || r.Result.Count(history.CheckStaleAccepted) == 0 {
 		t.Fatalf("control: no stale write accepted without the fence:\n%s", r.Table())
 	}
+}
+
+// TestBrokenForgetOnError: a lock taken on a pinned session whose statement
+// fails after the grant, and which the code then forgets while the session
+// stays open and keeps serving (what a Locker does when it forgets a key
+// after a server error on a connection it keeps). The checker must report
+// the failed calls that left their key locked and the locks held at the
+// end-of-run quiet point.
+func TestBrokenForgetOnError(t *testing.T) {
+	r := run(t, Options{Duration: 12 * time.Second, Workers: 3, Mode: ModeForgetOnError, Faults: []string{}})
+	res := r.Result
+	if res.Count(history.CheckErrorLeftHeld) == 0 || res.Count(history.CheckLeakedLock) == 0 {
+		t.Fatalf("the checker did not catch locks left held after errors:\n%s\n%s", r.Table(), r.Violations(10))
+	}
+	t.Logf("caught: %s\n%s", res.Summary(), r.Violations(4))
+}
+
+// TestBrokenPanicLeak: a transaction-scoped lock whose section panics and
+// whose transaction nothing ends. The checker must report the panicked
+// calls that left their key locked.
+func TestBrokenPanicLeak(t *testing.T) {
+	r := run(t, Options{Duration: 12 * time.Second, Workers: 3, Mode: ModePanicLeak, Faults: []string{}})
+	res := r.Result
+	if res.Count(history.CheckErrorLeftHeld) == 0 || res.Panics == 0 {
+		t.Fatalf("the checker did not catch a panic leaving its lock held:\n%s\n%s", r.Table(), r.Violations(10))
+	}
+	t.Logf("caught: %s\n%s", res.Summary(), r.Violations(4))
+}
+
+// TestBrokenUnboundedWait: waits that ignore the caller's bound behind
+// holders that keep the key for 10s. The checker must report the calls that
+// outlived their bound.
+func TestBrokenUnboundedWait(t *testing.T) {
+	r := run(t, Options{Duration: 15 * time.Second, Workers: 2, Keys: 2, Mode: ModeUnboundedWait, Faults: []string{}})
+	res := r.Result
+	if res.Count(history.CheckCallBound) == 0 {
+		t.Fatalf("the checker did not catch waits past their bound:\n%s\n%s", r.Table(), r.Violations(10))
+	}
+	t.Logf("caught: %s\n%s", res.Summary(), r.Violations(4))
 }

@@ -61,6 +61,11 @@ func (r *Report) Table() string {
 	row("**stale writes accepted**", "**%d**", res.StaleAccepted)
 	row("unreported losses", "%d", res.Count(history.CheckUnreported))
 	row("token order violations", "%d", res.Count(history.CheckTokenOrder))
+	row("calls (failed, of which panics)", "%d (%d, %d)", res.Calls, res.FailedCalls, res.Panics)
+	row("**calls over their bound**", "**%d**", res.Count(history.CheckCallBound))
+	row("**failed calls that left their key locked**", "**%d**", res.Count(history.CheckErrorLeftHeld))
+	row("quiet points (end of run included)", "%d", res.QuietPoints)
+	row("**locks held at a quiet point**", "**%d**", res.Count(history.CheckLeakedLock))
 	if st := res.Faults[history.Stall]; st != nil {
 		row("stalls observed by workers (≥200ms without running)", "%d", st.Count)
 	}
