@@ -589,10 +589,15 @@ func (w *worker) checkLeft(ctx context.Context, call *history.Call, key string) 
 	h := held[0]
 	h.For = time.Since(first)
 	w.mu.Lock()
+	dup := false
 	for _, x := range held {
+		dup = dup || w.reported[[2]int64{int64(x.PID), id}]
 		w.reported[[2]int64{int64(x.PID), id}] = true
 	}
 	w.mu.Unlock()
+	if dup {
+		return // another failed call of the process, checked at the same time, recorded it
+	}
 	call.LeftHeld = &h
 	w.rec.Call(*call)
 }
