@@ -445,7 +445,7 @@ func (w *worker) withOnce(ctx context.Context, li int, lk *pgbaton.Locker, b bou
 				panic(errChaosPanic)
 			}
 			return nil
-		})
+		}, pgbaton.Wait(wait))
 	}()
 	call := w.callEnd(c, err, panicked, inFn)
 	if ran && !panicked {
