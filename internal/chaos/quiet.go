@@ -76,6 +76,7 @@ func (s *suite) quiet(ctx context.Context, final bool) {
 				s.note("quiet point %s skipped: worker %s did not go idle within %s (a call or a check that does not end; see the call-bound verdicts)", id, p.name, pauseBound)
 				return
 			case <-ctx.Done():
+				s.note("quiet point %s skipped: the run ended while worker %s was going idle", id, p.name)
 				return
 			}
 		}
