@@ -26,6 +26,11 @@ const DirEnv = "CHAOS_DIR"
 
 const defaultDuration = 90 * time.Second
 
+// NoPanicsEnv, when set, keeps the critical sections of TestChaos from
+// panicking: a leak after each panic can take every key out of the run,
+// which hides the other findings while that leak is not fixed.
+const NoPanicsEnv = "CHAOS_NO_PANICS"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(WorkerEnv) != "" {
 		os.Exit(WorkerMain()) // a re-executed worker: no cluster of its own
@@ -78,7 +83,11 @@ func TestChaos(t *testing.T) {
 			t.Fatalf("%s=%q: %v (use a Go duration such as 90s or 30m)", DurationEnv, v, err)
 		}
 	}
-	r := run(t, Options{Duration: d})
+	o := Options{Duration: d}
+	if os.Getenv(NoPanicsEnv) != "" {
+		o.PanicOneIn = -1
+	}
+	r := run(t, o)
 	if p := os.Getenv(ReportEnv); p != "" {
 		if err := os.WriteFile(p, []byte(r.Table()), 0o644); err != nil {
 			t.Error(err)
@@ -109,7 +118,7 @@ func TestChaos(t *testing.T) {
 	if res.QuietPoints < 2 {
 		t.Errorf("%d quiet points, want at least 2 (one in the run, one at its end)", res.QuietPoints)
 	}
-	if res.Panics == 0 {
+	if res.Panics == 0 && o.PanicOneIn >= 0 {
 		t.Error("no critical section panicked")
 	}
 }

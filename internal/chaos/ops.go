@@ -24,7 +24,7 @@ import (
 //     holds, with a context cancelled 0-3ms after that holder starts
 //     releasing (the grant and the cancel race);
 //   - WithLock and WithXactLock with Wait(1s), whose section panics one
-//     time in panicOneIn (recovered by the worker).
+//     time in Options.PanicOneIn (recovered by the worker).
 //
 // The goroutines of a process use different Lockers (goroutine g uses
 // Locker g mod Lockers), so they contend through the server like separate
@@ -374,7 +374,7 @@ func (w *worker) holdLease(ctx context.Context, li int, b bounds, lease *pgbaton
 // withOnce is one WithLock or WithXactLock call. The section takes no
 // fencing token (neither gives one), so it makes no writes: it is recorded
 // as a lease for the overlap check and paces one to three steps, looking at
-// its context before each; one time in panicOneIn it panics at the end.
+// its context before each; one time in PanicOneIn it panics at the end.
 func (w *worker) withOnce(ctx context.Context, li int, lk *pgbaton.Locker, b bounds, key string, op opKind) {
 	w.begin(key)
 	before, ok0 := w.now(ctx)
@@ -439,7 +439,7 @@ func (w *worker) withOnce(ctx context.Context, li int, lk *pgbaton.Locker, b bou
 			l.End = end
 			l.Estimated = l.Estimated || !ok
 			w.releasing(key)
-			if rand.N(panicOneIn) == 0 {
+			if w.cfg.PanicOneIn > 0 && rand.N(w.cfg.PanicOneIn) == 0 {
 				l.Kind, l.Panicked = history.Released, true
 				w.rec.Lease(l)
 				panic(errChaosPanic)

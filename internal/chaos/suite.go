@@ -2,11 +2,11 @@ package chaos
 
 import (
 	"bufio"
-	"hash/fnv"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"os"
 	"os/exec"
@@ -47,6 +47,9 @@ type Options struct {
 	// Slop is added to every call's documented bound (scheduling delays on
 	// a busy machine; stalls over 200ms are not counted anyway); default 1s.
 	Slop time.Duration
+	// PanicOneIn makes one WithLock/WithXactLock section in PanicOneIn
+	// panic (recovered by the worker); default 10, negative never.
+	PanicOneIn int
 	// QuietEvery makes a quiet point after every QuietEvery faults
 	// (default 4); there is always one at the end of the run.
 	QuietEvery int
@@ -87,6 +90,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	if o.Slop == 0 {
 		o.Slop = time.Second
+	}
+	if o.PanicOneIn == 0 {
+		o.PanicOneIn = 10
 	}
 	if o.QuietEvery == 0 {
 		o.QuietEvery = 4
@@ -246,6 +252,7 @@ func (s *suite) spawn(ctx context.Context, slot, gen int) error {
 		Proc: name, LockDSN: lockDSN, AppDSN: s.asRole(s.o.Cluster.TCPDSN(s.o.DB)), Keys: s.keys,
 		Out: filepath.Join(s.o.Dir, name+".jsonl"), Mode: s.o.Mode, Unfenced: s.o.Unfenced,
 		Goroutines: s.o.Goroutines, Pace: s.o.Pace, Backoff: s.o.Backoff, Verbose: s.o.Verbose, Slop: s.o.Slop,
+		PanicOneIn: max(s.o.PanicOneIn, 0),
 	}
 	if s.o.Mode == ModeIgnoreDone {
 		cfg.Pace = 50 * time.Millisecond
@@ -403,7 +410,9 @@ func roleName(db string) string {
 
 // asRole makes a DSN of the cluster's (user=postgres) connect as the
 // workers' role.
-func (s *suite) asRole(dsn string) string { return strings.Replace(dsn, "user=postgres", "user="+s.role, 1) }
+func (s *suite) asRole(dsn string) string {
+	return strings.Replace(dsn, "user=postgres", "user="+s.role, 1)
+}
 
 func (s *suite) note(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)

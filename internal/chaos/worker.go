@@ -90,8 +90,11 @@ type workerConfig struct {
 	Backoff    time.Duration `json:"backoff"` // pause after a busy try
 	// Slop is added to every documented bound of a call: scheduling delays
 	// of a busy machine (stalls over 200ms are recorded and not counted).
-	Slop    time.Duration `json:"slop"`
-	Verbose bool          `json:"verbose"`
+	Slop time.Duration `json:"slop"`
+	// PanicOneIn: one WithLock/WithXactLock section in PanicOneIn panics
+	// (the worker recovers it, as an HTTP server would); 0 never.
+	PanicOneIn int  `json:"panic_one_in"`
+	Verbose    bool `json:"verbose"`
 }
 
 // Locker settings of the workers. ConnectTimeout is short so that a call
@@ -101,9 +104,6 @@ type workerConfig struct {
 const (
 	workerConnectTimeout  = 2 * time.Second
 	workerMaxConnIdleTime = 3 * time.Second
-	// panicOneIn: one WithLock/WithXactLock section in panicOneIn panics
-	// (the worker recovers it, as an HTTP server would).
-	panicOneIn = 4
 )
 
 // WorkerMain runs one worker process: it contends for the keys until told
@@ -406,4 +406,3 @@ func (w *worker) sleep(ctx context.Context, d time.Duration) {
 }
 
 func jitter(d time.Duration) time.Duration { return d/2 + rand.N(d+1) }
-

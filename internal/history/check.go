@@ -531,11 +531,18 @@ func (r *Result) checkQuiets(qs []Quiet, cs []Call) {
 				if c.Proc != h.Proc || c.Key != h.Key || (c.Err == "" && !c.Panicked) || c.Start.After(q.At) {
 					continue
 				}
+				if c.LeftHeld != nil && c.LeftHeld.PID == h.PID {
+					best = c // the failed call after which this very lock was seen left held
+					break
+				}
 				if best == nil || c.Start.After(best.Start) {
 					best = c
 				}
 			}
-			if best != nil {
+			switch {
+			case best != nil && best.LeftHeld != nil && best.LeftHeld.PID == h.PID:
+				cause = fmt.Sprintf("left held since %s %s at %s returned %s", h.Proc, best.Op, ts(best.Start), best.errText())
+			case best != nil:
 				cause = fmt.Sprintf("the last failed call of %s on it: %s at %s returned %s", h.Proc, best.Op, ts(best.Start), best.errText())
 			}
 			when := "quiet point"
