@@ -25,6 +25,8 @@ func (w *worker) loop(ctx context.Context, g int) {
 		switch {
 		case w.cfg.Mode == ModePoolLock:
 			w.poolLockOnce(ctx, w.randKey())
+		case w.cfg.Mode == modeStuck:
+			w.stuckForever(w.randKey())
 		case rawMode(w.cfg.Mode):
 			if raw == nil || raw.c.IsClosed() {
 				if raw != nil {
@@ -42,6 +44,12 @@ func (w *worker) loop(ctx context.Context, g int) {
 			w.lockerOnce(ctx, g)
 		}
 	}
+}
+
+// stuckForever is a call that never returns and ignores every context.
+func (w *worker) stuckForever(key string) {
+	w.callStart("Acquire", key, time.Second, defaultBounds.acquire(time.Second))
+	select {} // deliberately never returns
 }
 
 // write makes one fenced write to the key's row (or an unguarded one in the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -168,7 +169,7 @@ func TestUnfencedControl(t *testing.T) {
 // the failed calls that left their key locked and the locks held at the
 // end-of-run quiet point.
 func TestBrokenForgetOnError(t *testing.T) {
-	r := run(t, Options{Duration: 12 * time.Second, Workers: 3, Mode: ModeForgetOnError, Faults: []string{}})
+	r := run(t, Options{Duration: 8 * time.Second, Workers: 3, Mode: ModeForgetOnError, Faults: []string{}})
 	res := r.Result
 	if res.Count(history.CheckErrorLeftHeld) == 0 || res.Count(history.CheckLeakedLock) == 0 {
 		t.Fatalf("the checker did not catch locks left held after errors:\n%s\n%s", r.Table(), r.Violations(10))
@@ -180,7 +181,7 @@ func TestBrokenForgetOnError(t *testing.T) {
 // whose transaction nothing ends. The checker must report the panicked
 // calls that left their key locked.
 func TestBrokenPanicLeak(t *testing.T) {
-	r := run(t, Options{Duration: 12 * time.Second, Workers: 3, Mode: ModePanicLeak, Faults: []string{}})
+	r := run(t, Options{Duration: 8 * time.Second, Workers: 3, Mode: ModePanicLeak, Faults: []string{}})
 	res := r.Result
 	if res.Count(history.CheckErrorLeftHeld) == 0 || res.Panics == 0 {
 		t.Fatalf("the checker did not catch a panic leaving its lock held:\n%s\n%s", r.Table(), r.Violations(10))
@@ -192,10 +193,31 @@ func TestBrokenPanicLeak(t *testing.T) {
 // holders that keep the key for 10s. The checker must report the calls that
 // outlived their bound.
 func TestBrokenUnboundedWait(t *testing.T) {
-	r := run(t, Options{Duration: 15 * time.Second, Workers: 2, Keys: 2, Mode: ModeUnboundedWait, Faults: []string{}})
+	r := run(t, Options{Duration: 12 * time.Second, Workers: 2, Keys: 2, Mode: ModeUnboundedWait, Faults: []string{}})
 	res := r.Result
 	if res.Count(history.CheckCallBound) == 0 {
 		t.Fatalf("the checker did not catch waits past their bound:\n%s\n%s", r.Table(), r.Violations(10))
 	}
 	t.Logf("caught: %s\n%s", res.Summary(), r.Violations(4))
+}
+
+// TestStuckWorkerDumped: a worker stuck in a call does not stop; the
+// harness sends it SIGQUIT, so that the Go runtime prints every goroutine,
+// kills it after a grace period, and reports the tail of its stderr; the
+// checker reports the call that never returned (its bound is 7s).
+func TestStuckWorkerDumped(t *testing.T) {
+	r := run(t, Options{Duration: 8 * time.Second, Workers: 1, Goroutines: 1, Mode: modeStuck, Faults: []string{},
+		PauseTimeout: 2 * time.Second, StopTimeout: 2 * time.Second})
+	dumped := false
+	for _, n := range r.Notes {
+		if strings.Contains(n, "SIGQUIT") && strings.Contains(n, "stuckForever") && strings.Contains(n, "goroutine ") {
+			dumped = true
+		}
+	}
+	if !dumped {
+		t.Fatalf("no goroutine dump of the stuck worker in the notes: %q", r.Notes)
+	}
+	if r.Result.Count(history.CheckCallBound) == 0 {
+		t.Fatalf("the call that never returned was not reported:\n%s", r.Violations(5))
+	}
 }

@@ -33,6 +33,10 @@ const (
 	FaultCancel         = "cancel"           // pg_cancel_backend of lock sessions at random moments, for a while
 	FaultRoleTimeouts   = "role-timeouts"    // lock_timeout and statement_timeout set on the workers' role, then reset
 	FaultConnLimit      = "conn-limit"       // the workers' role limited to one connection: new ones refused, then allowed
+	// FaultLockerClose is recorded by worker 0 when, during a black hole,
+	// it closes one of its Lockers (with a call in flight if it has one)
+	// and opens it again; the leases of that Locker are lost.
+	FaultLockerClose = "locker-close"
 )
 
 // AllFaults is every kind, in the order of the report.
@@ -281,7 +285,14 @@ func (s *suite) inject(kind string) error {
 		s.proxy.BlackHole()
 		defer s.proxy.Heal()
 		to := now()
-		time.Sleep(holeFor)
+		// A Locker closed while its connections hang, with a wait in
+		// flight if there is one: Close must stay within its bound.
+		pause := 500*time.Millisecond + rand.N(1500*time.Millisecond)
+		time.Sleep(pause)
+		if _, err := io.WriteString(p.stdin, "reopen\n"); err != nil {
+			s.note("reopen of %s not sent: %v", p.name, err)
+		}
+		time.Sleep(holeFor - pause)
 		s.proxy.Heal()
 		s.record(history.Fault{Kind: kind, Proc: p.name, TakesLocks: true, From: from, To: to, Until: now()})
 		return nil

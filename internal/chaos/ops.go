@@ -182,8 +182,14 @@ func (w *worker) siblingKey(li int) (string, bool) {
 
 // lockerOnce is one iteration of a correct-mode (or ignore-done) goroutine.
 func (w *worker) lockerOnce(ctx context.Context, g int) {
-	li := g % len(w.lockers)
-	lk := w.lockers[li]
+	li := g % len(w.lcfg)
+	lk := w.lockerAt(li)
+	if lk == nil {
+		w.sleep(ctx, 50*time.Millisecond) // being opened again
+		return
+	}
+	w.inCall[li].Add(1)
+	defer w.inCall[li].Add(-1)
 	b := boundsOf(lk.Config())
 	key := w.randKey()
 	op := pickOp(w.cfg.Mode)
@@ -486,8 +492,8 @@ func (w *worker) withOnce(ctx context.Context, li int, lk *pgbaton.Locker, b bou
 // session cut off by the network only after its release time.
 func (w *worker) settle() time.Duration {
 	cfg := pgbaton.Config{}
-	if len(w.lockers) > 0 {
-		cfg = w.lockers[0].Config()
+	if l := w.anyLocker(); l != nil {
+		cfg = l.Config()
 	} else {
 		cfg.KeepaliveIdle, cfg.KeepaliveInterval, cfg.KeepaliveCount = pgbaton.DefaultKeepaliveIdle, pgbaton.DefaultKeepaliveInterval, pgbaton.DefaultKeepaliveCount
 		cfg.TCPUserTimeout = pgbaton.DefaultTCPUserTimeout
@@ -600,4 +606,15 @@ func (w *worker) checkLeft(ctx context.Context, call *history.Call, key string) 
 	}
 	call.LeftHeld = &h
 	w.rec.Call(*call)
+}
+
+func (w *worker) anyLocker() *pgbaton.Locker {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	for _, l := range w.lockers {
+		if l != nil {
+			return l
+		}
+	}
+	return nil
 }

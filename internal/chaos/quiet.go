@@ -59,7 +59,7 @@ func (s *suite) quiet(ctx context.Context, final bool) {
 			return
 		}
 	}
-	deadline := time.NewTimer(pauseBound)
+	deadline := time.NewTimer(s.o.PauseTimeout)
 	defer deadline.Stop()
 	for _, p := range live {
 	wait:
@@ -73,7 +73,7 @@ func (s *suite) quiet(ctx context.Context, final bool) {
 				s.note("quiet point %s skipped: worker %s exited", id, p.name)
 				return
 			case <-deadline.C:
-				s.note("quiet point %s skipped: worker %s did not go idle within %s (a call or a check that does not end; see the call-bound verdicts)", id, p.name, pauseBound)
+				s.note("quiet point %s skipped: worker %s did not go idle within %s (a call or a check that does not end; see the call-bound verdicts)", id, p.name, s.o.PauseTimeout)
 				return
 			case <-ctx.Done():
 				s.note("quiet point %s skipped: the run ended while worker %s was going idle", id, p.name)

@@ -74,7 +74,7 @@ func (r *Report) Table() string {
 	row("verdict", "%s", res.Summary())
 
 	fmt.Fprintf(&b, "\n| fault | injected | leases hit | lost or died | detection p50 | detection max | next grant p50 | next grant max |\n|---|---|---|---|---|---|---|---|\n")
-	for _, k := range AllFaults {
+	for _, k := range append(append([]string(nil), AllFaults...), FaultLockerClose) {
 		fs := res.Faults[k]
 		if fs == nil {
 			continue

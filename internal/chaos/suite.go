@@ -50,6 +50,10 @@ type Options struct {
 	// PanicOneIn makes one WithLock/WithXactLock section in PanicOneIn
 	// panic (recovered by the worker); default 10, negative never.
 	PanicOneIn int
+	// PauseTimeout bounds how long the workers have to go idle at a quiet
+	// point (default 45s); StopTimeout how long they have to exit when
+	// stopped before they get SIGQUIT (default 30s).
+	PauseTimeout, StopTimeout time.Duration
 	// QuietEvery makes a quiet point after every QuietEvery faults
 	// (default 4); there is always one at the end of the run.
 	QuietEvery int
@@ -90,6 +94,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	if o.Slop == 0 {
 		o.Slop = time.Second
+	}
+	if o.PauseTimeout == 0 {
+		o.PauseTimeout = pauseBound
+	}
+	if o.StopTimeout == 0 {
+		o.StopTimeout = 30 * time.Second
 	}
 	if o.PanicOneIn == 0 {
 		o.PanicOneIn = 10
@@ -322,7 +332,7 @@ func (s *suite) spawn(ctx context.Context, slot, gen int) error {
 }
 
 // stopWorkers asks every live worker to stop. One that does not exit
-// within 30 seconds gets SIGQUIT (the Go runtime prints every goroutine's
+// within Options.StopTimeout gets SIGQUIT (the Go runtime prints every goroutine's
 // stack to its stderr and exits), and SIGKILL 10 seconds later; the tail
 // of its stderr goes into the notes.
 func (s *suite) stopWorkers() {
@@ -340,7 +350,7 @@ func (s *suite) stopWorkers() {
 		}
 		_, _ = io.WriteString(p.stdin, "stop\n")
 	}
-	deadline := time.NewTimer(30 * time.Second)
+	deadline := time.NewTimer(s.o.StopTimeout)
 	defer deadline.Stop()
 	for _, p := range live {
 		select {
@@ -352,7 +362,7 @@ func (s *suite) stopWorkers() {
 			}
 			s.hung[p.name] = true
 			s.mu.Unlock()
-			s.note("worker %s did not stop within 30s; its goroutines (SIGQUIT) and stderr:\n%s", p.name, s.quit(p))
+			s.note("worker %s did not stop within %s; its goroutines (SIGQUIT) and stderr:\n%s", p.name, s.o.StopTimeout, s.quit(p))
 		}
 		_ = p.stdin.Close()
 	}
@@ -470,6 +480,9 @@ func (s *suite) collect(ctx context.Context) (*history.History, error) {
 	rd.Add(nil, writes, faults)
 	rd.AddQuiets(quiets)
 	h := rd.History()
+	if h.End, err = s.admin.now(ctx); err != nil {
+		return nil, err
+	}
 	kills := map[string]history.Fault{}
 	for _, f := range faults {
 		if f.Kind == FaultKill {

@@ -54,6 +54,11 @@ const (
 	ModeUnboundedWait = "unbounded-wait"
 )
 
+// modeStuck is a worker whose goroutine blocks forever in a call and which
+// therefore never stops: the harness must end it with SIGQUIT and report
+// its goroutines (deliberately broken; for TestStuckWorkerDumped).
+const modeStuck = "stuck"
+
 // rawMode reports whether mode takes locks with raw pgx on pinned
 // connections instead of a Locker.
 func rawMode(mode string) bool {
@@ -111,8 +116,10 @@ const (
 // call to its history file. It returns the process exit code.
 //
 // Commands on stdin, one a line: "stop"; "hog <ms>" (hold the application
-// pool); "pause <n>" (finish the current operation, start no new one, and
-// answer "paused <n>" on stdout once every goroutine is idle); "resume".
+// pool); "reopen" (close a Locker, preferably one with a call in flight,
+// and open it again); "pause <n>" (finish the current operation, start no
+// new one, and answer "paused <n>" on stdout once every goroutine is idle
+// and no Locker is being reopened); "resume".
 func WorkerMain() int {
 	var cfg workerConfig
 	if err := json.Unmarshal([]byte(os.Getenv(WorkerEnv)), &cfg); err != nil {
@@ -129,26 +136,30 @@ func WorkerMain() int {
 type worker struct {
 	cfg     workerConfig
 	rec     *history.Recorder
-	lockers []*pgbaton.Locker
-	app     *pgxpool.Pool // fenced writes (and the locks, in ModePoolLock)
-	clock   *pgxpool.Pool // server time and the after-error checks; immune to the role's timeouts
-	offset  atomic.Int64  // server minus local clock, ns
+	lcfg    []pgbaton.Config // of each Locker, to open it again
+	lmu     sync.Mutex
+	lockers []*pgbaton.Locker // (lmu) nil while being opened again
+	inCall  []atomic.Int32    // goroutines in a call, per Locker
+	app     *pgxpool.Pool     // fenced writes (and the locks, in ModePoolLock)
+	clock   *pgxpool.Pool     // server time and the after-error checks; immune to the role's timeouts
+	offset  atomic.Int64      // server minus local clock, ns
 	seq     atomic.Int64
 	calls   atomic.Int64
 
 	outMu sync.Mutex
 	out   io.Writer // stdout: "ready", "paused <n>"
 
-	mu       sync.Mutex
-	cond     *sync.Cond
-	active   map[string]int           // goroutines in a call on the key or holding it
-	pending  map[string]int           // after-error checks of the key waiting for active to drop to 0
-	heldBy   map[string]int           // key -> Locker index of a goroutine holding it
-	relCh    map[string]chan struct{} // closed when a goroutine of this process starts releasing the key
-	reported map[[2]int64]bool        // (pid, key id) leaks already recorded
-	paused   bool
-	pauseID  string
-	idle     int
+	mu        sync.Mutex
+	cond      *sync.Cond
+	active    map[string]int           // goroutines in a call on the key or holding it
+	pending   map[string]int           // after-error checks of the key waiting for active to drop to 0
+	heldBy    map[string]int           // key -> Locker index of a goroutine holding it
+	relCh     map[string]chan struct{} // closed when a goroutine of this process starts releasing the key
+	reported  map[[2]int64]bool        // (pid, key id) leaks already recorded
+	paused    bool
+	pauseID   string
+	idle      int
+	reopening int // Lockers being closed and opened again
 }
 
 func runWorker(cfg workerConfig, stdin io.Reader, stdout io.Writer) (err error) {
@@ -189,12 +200,15 @@ func runWorker(cfg workerConfig, stdin io.Reader, stdout io.Writer) (err error) 
 	}
 	defer w.clock.Close()
 	if cfg.Mode != ModePoolLock && !rawMode(cfg.Mode) {
+		w.inCall = make([]atomic.Int32, cfg.Lockers)
 		for i := range cfg.Lockers {
-			l, err := pgbaton.New(setup, pgbaton.Config{ConnString: cfg.LockDSN, InstanceName: lockerName(cfg.Proc, i),
-				MaxConns: 4, Logger: logger, ConnectTimeout: workerConnectTimeout, MaxConnIdleTime: workerMaxConnIdleTime})
+			lc := pgbaton.Config{ConnString: cfg.LockDSN, InstanceName: lockerName(cfg.Proc, i),
+				MaxConns: 4, Logger: logger, ConnectTimeout: workerConnectTimeout, MaxConnIdleTime: workerMaxConnIdleTime}
+			l, err := pgbaton.New(setup, lc)
 			if err != nil {
 				return err
 			}
+			w.lcfg = append(w.lcfg, lc)
 			w.lockers = append(w.lockers, l)
 		}
 		defer w.closeLockers()
@@ -217,6 +231,11 @@ func runWorker(cfg workerConfig, stdin io.Reader, stdout io.Writer) (err error) 
 				go w.hog(ctx, time.Duration(ms)*time.Millisecond)
 			case len(f) == 2 && f[0] == "pause":
 				w.pause(f[1])
+			case len(f) == 1 && f[0] == "reopen":
+				w.mu.Lock()
+				w.reopening++
+				w.mu.Unlock()
+				go w.reopen(ctx)
 			case len(f) == 1 && f[0] == "resume":
 				w.mu.Lock()
 				w.paused = false
@@ -270,8 +289,13 @@ func (w *worker) pause(id string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.paused, w.pauseID = true, id
-	if w.idle == w.cfg.Goroutines {
-		_ = w.say("paused " + id) // the harness reads it; a broken pipe means it is gone
+	w.ackPauseLocked()
+}
+
+// ackPauseLocked answers a pause once everything is idle. w.mu is held.
+func (w *worker) ackPauseLocked() {
+	if w.paused && w.idle == w.cfg.Goroutines && w.reopening == 0 {
+		_ = w.say("paused " + w.pauseID) // the harness reads it; a broken pipe means it is gone
 	}
 }
 
@@ -284,9 +308,7 @@ func (w *worker) waitResumed(ctx context.Context) bool {
 		return ctx.Err() == nil
 	}
 	w.idle++
-	if w.idle == w.cfg.Goroutines {
-		_ = w.say("paused " + w.pauseID)
-	}
+	w.ackPauseLocked()
 	for w.paused && ctx.Err() == nil {
 		w.cond.Wait()
 	}
@@ -296,11 +318,74 @@ func (w *worker) waitResumed(ctx context.Context) bool {
 
 // closeLockers closes every Locker, recording each Close as a call.
 func (w *worker) closeLockers() {
-	for _, l := range w.lockers {
-		cfg := l.Config()
-		c := w.callStart("Close", "", 0, cfg.ConnectTimeout+cfg.LeaseTimeout)
-		err := l.Close()
-		w.callEnd(c, err, false, 0)
+	w.lmu.Lock()
+	ls := append([]*pgbaton.Locker(nil), w.lockers...)
+	w.lmu.Unlock()
+	for _, l := range ls {
+		if l != nil {
+			w.closeLocker(l)
+		}
+	}
+}
+
+// closeLocker closes l, recording the call. Close's bound: its waits end
+// at once, and closing a connection is bounded by the lease bound; a
+// cancel request for a wait in flight may need a connection
+// (ConnectTimeout).
+func (w *worker) closeLocker(l *pgbaton.Locker) {
+	cfg := l.Config()
+	c := w.callStart("Close", "", 0, cfg.ConnectTimeout+cfg.LeaseTimeout)
+	err := l.Close()
+	w.callEnd(c, err, false, 0)
+}
+
+// lockerAt returns Locker li, or nil while it is being opened again.
+func (w *worker) lockerAt(li int) *pgbaton.Locker {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	return w.lockers[li]
+}
+
+// reopen closes one Locker, preferably one with a call in flight (the
+// nemesis sends it during a black hole), and opens it again, retrying
+// until the server can be reached. The Close is recorded as a fault that
+// takes locks (its leases are lost) and as a call against its bound.
+func (w *worker) reopen(ctx context.Context) {
+	defer func() {
+		w.mu.Lock()
+		w.reopening--
+		w.ackPauseLocked()
+		w.mu.Unlock()
+	}()
+	li := rand.N(len(w.lcfg))
+	for i := range w.inCall {
+		if w.inCall[i].Load() > 0 {
+			li = i
+			break
+		}
+	}
+	w.lmu.Lock()
+	old := w.lockers[li]
+	w.lockers[li] = nil
+	w.lmu.Unlock()
+	if old == nil {
+		return
+	}
+	from := w.estimate()
+	w.closeLocker(old)
+	w.rec.Fault(history.Fault{Kind: FaultLockerClose, Proc: w.cfg.Proc, TakesLocks: true, From: from, To: w.estimate(),
+		Note: lockerName(w.cfg.Proc, li)})
+	for ctx.Err() == nil {
+		nctx, cancel := context.WithTimeout(ctx, 2*workerConnectTimeout)
+		l, err := pgbaton.New(nctx, w.lcfg[li])
+		cancel()
+		if err == nil {
+			w.lmu.Lock()
+			w.lockers[li] = l
+			w.lmu.Unlock()
+			return
+		}
+		w.sleep(ctx, 200*time.Millisecond) // the server cannot be reached yet
 	}
 }
 

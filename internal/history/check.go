@@ -219,6 +219,7 @@ func lastTime(h *History) time.Time {
 	for i := range h.Quiets {
 		up(h.Quiets[i].At)
 	}
+	up(h.End)
 	return t
 }
 

@@ -181,6 +181,9 @@ type History struct {
 	Faults []Fault
 	Calls  []Call
 	Quiets []Quiet
+	// End is when the run ended (server time), if known: calls still
+	// running then are judged as running until End.
+	End time.Time
 }
 
 // record is one line of a history file.

@@ -324,6 +324,12 @@ func TestCallBound(t *testing.T) {
 	}
 	h.Calls[0].Died = true
 	expect(t, Check(h), nil)
+
+	// The run's end, not only its last event, bounds a call still running.
+	h = &History{Calls: []Call{stuck}}
+	expect(t, Check(h), nil)
+	h.End = at(3000)
+	expect(t, Check(h), map[string]int{CheckCallBound: 1})
 }
 
 // (f): a failed call after which the key stayed locked by its process.
