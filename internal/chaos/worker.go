@@ -347,7 +347,8 @@ func (w *worker) lockerAt(li int) *pgbaton.Locker {
 }
 
 // reopen closes one Locker, preferably one with a call in flight (the
-// nemesis sends it during a black hole), and opens it again, retrying
+// nemesis sends it during a black hole), with a wait of its own in flight
+// on it, and opens it again, retrying
 // until the server can be reached. The Close is recorded as a fault that
 // takes locks (its leases are lost) and as a call against its bound.
 func (w *worker) reopen(ctx context.Context) {
@@ -371,8 +372,24 @@ func (w *worker) reopen(ctx context.Context) {
 	if old == nil {
 		return
 	}
+	// A wait in flight on it for sure: the harness's own Acquire, which
+	// Close must end.
+	waited := make(chan struct{})
+	go func() {
+		defer close(waited)
+		key := w.randKey()
+		b := boundsOf(old.Config())
+		c := w.callStart("Acquire", key, 5*time.Second, b.acquire(5*time.Second))
+		lease, err := old.Acquire(ctx, pgbaton.KeyName(key), pgbaton.Wait(5*time.Second))
+		w.callEnd(c, err, false, 0)
+		if err == nil {
+			_ = lease.Release() // not a lease of the run: granted before Close, given back
+		}
+	}()
+	w.sleep(ctx, 100*time.Millisecond) // let it reach the connection
 	from := w.estimate()
 	w.closeLocker(old)
+	<-waited
 	w.rec.Fault(history.Fault{Kind: FaultLockerClose, Proc: w.cfg.Proc, TakesLocks: true, From: from, To: w.estimate(),
 		Note: lockerName(w.cfg.Proc, li)})
 	for ctx.Err() == nil {
