@@ -378,6 +378,8 @@ func (w *worker) reopen(ctx context.Context) {
 	go func() {
 		defer close(waited)
 		key := w.randKey()
+		w.begin(key)
+		defer w.end(key)
 		b := boundsOf(old.Config())
 		c := w.callStart("Acquire", key, 5*time.Second, b.acquire(5*time.Second))
 		lease, err := old.Acquire(ctx, pgbaton.KeyName(key), pgbaton.Wait(5*time.Second))
