@@ -37,7 +37,9 @@
 // packet filter until the server drops them (the frozen holder wakes up
 // superseded); pg_terminate_backend of a lock session; a server restart; a
 // crash of an unrelated backend (the server restarts every session); a proxy
-// black hole under worker 0; a network partition of a worker's lock sessions
+// black hole under worker 0, during which worker 0 closes one of its
+// Lockers with a wait in flight on it and opens it again (locker-close:
+// Close is a call with a bound too); a network partition of a worker's lock sessions
 // (pgtest.CutPort); exhaustion of a worker's application pool; a burst of
 // pg_cancel_backend aimed at lock sessions running a statement (two in
 // three waiting for a lock), one every few milliseconds for 1.5s; a
