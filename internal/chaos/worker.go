@@ -372,23 +372,26 @@ func (w *worker) reopen(ctx context.Context) {
 	if old == nil {
 		return
 	}
-	// A wait in flight on it for sure: the harness's own Acquire, which
-	// Close must end.
+	// A wait in flight on it for sure, with the default wait (30s): the
+	// harness's own Acquire, which Close must end without waiting for it.
 	waited := make(chan struct{})
 	go func() {
 		defer close(waited)
 		key := w.randKey()
+		if k, ok := w.siblingKey(-1); ok {
+			key = k // held: the wait stays in the server's queue
+		}
 		w.begin(key)
 		defer w.end(key)
-		b := boundsOf(old.Config())
-		c := w.callStart("Acquire", key, 5*time.Second, b.acquire(5*time.Second))
-		lease, err := old.Acquire(ctx, pgbaton.KeyName(key), pgbaton.Wait(5*time.Second))
+		cfg := old.Config()
+		c := w.callStart("Acquire", key, cfg.AcquireTimeout, boundsOf(cfg).acquire(cfg.AcquireTimeout))
+		lease, err := old.Acquire(ctx, pgbaton.KeyName(key)) // the default wait, AcquireTimeout (30s)
 		w.callEnd(c, err, false, 0)
 		if err == nil {
 			_ = lease.Release() // not a lease of the run: granted before Close, given back
 		}
 	}()
-	w.sleep(ctx, 100*time.Millisecond) // let it reach the connection
+	w.sleep(ctx, 200*time.Millisecond) // let it reach the server's queue
 	from := w.estimate()
 	w.closeLocker(old)
 	<-waited
