@@ -176,9 +176,9 @@ func (w *worker) rawOnce(ctx context.Context, r *rawConn) {
 		}
 		cancel()
 	case ModeUnboundedWait:
-		// The caller asks for one second; the broken code waits for as
-		// long as the holder holds (no lock_timeout, no context).
-		wait := time.Second
+		// The caller asks for 20ms; the broken code waits for as long as
+		// the holder holds (no lock_timeout, no context).
+		wait := 20 * time.Millisecond
 		c = w.callStart("Acquire", key, wait, b.acquire(wait))
 		err = r.c.QueryRow(context.Background(), "SELECT pg_advisory_lock($1::int8), nextval('pgbaton.fence_token')", id).Scan(nil, &tok)
 	}
@@ -206,7 +206,7 @@ func (w *worker) rawOnce(ctx context.Context, r *rawConn) {
 		w.write(l, key, tok)
 	}
 	if long {
-		time.Sleep(10 * time.Second) // the long holder the unbounded waiters queue behind
+		time.Sleep(8 * time.Second) // the long holder the unbounded waiters queue behind (their bound: 7.02s)
 	}
 	end, ok2 := w.now(ctx)
 	l.End = end

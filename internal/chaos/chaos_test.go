@@ -190,10 +190,10 @@ func TestBrokenPanicLeak(t *testing.T) {
 }
 
 // TestBrokenUnboundedWait: waits that ignore the caller's bound behind
-// holders that keep the key for 10s. The checker must report the calls that
+// holders that keep the key for 8s. The checker must report the calls that
 // outlived their bound.
 func TestBrokenUnboundedWait(t *testing.T) {
-	r := run(t, Options{Duration: 12 * time.Second, Workers: 2, Keys: 2, Mode: ModeUnboundedWait, Faults: []string{}})
+	r := run(t, Options{Duration: 6 * time.Second, Workers: 2, Keys: 2, Mode: ModeUnboundedWait, Faults: []string{}})
 	res := r.Result
 	if res.Count(history.CheckCallBound) == 0 {
 		t.Fatalf("the checker did not catch waits past their bound:\n%s\n%s", r.Table(), r.Violations(10))

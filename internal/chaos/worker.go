@@ -49,8 +49,9 @@ const (
 	// broken). One critical section in four panics.
 	ModePanicLeak = "panic-leak"
 	// ModeUnboundedWait waits for a lock with no lock_timeout and ignores
-	// the wait the caller asked for, while a third of the holders keep the
-	// key for 10 s (deliberately broken): its calls outlive their bound.
+	// the wait the caller asked for (20ms), while a third of the holders
+	// keep the key for 8 s (deliberately broken): its calls outlive their
+	// bound (7.02s).
 	ModeUnboundedWait = "unbounded-wait"
 )
 
