@@ -75,7 +75,10 @@ func run(t *testing.T, o Options) *Report {
 // fenced writes while every kind of fault is injected. No healthy overlap,
 // no accepted stale write, no unreported loss, tokens in grant order; every
 // call within its bound, no failed call leaving its key locked, and nothing
-// locked at the quiet points.
+// locked at the quiet points. It is the test the Locker must pass: its
+// verdicts name the leaking calls (error-left-held, with the holding pid and
+// application_name), the leaks at quiet points (leaked-lock) and the late
+// calls (call-bound). CHAOS_NO_PANICS=1 runs it without panicking sections.
 func TestChaos(t *testing.T) {
 	d := defaultDuration
 	if v := os.Getenv(DurationEnv); v != "" {
