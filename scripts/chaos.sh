@@ -5,7 +5,9 @@
 #   scripts/chaos.sh [DURATION]     DURATION is a Go duration: 90s, 30m, 1h30m (default 30m)
 #
 # Environment: CHAOS_OUT is the directory for the table and the log
-# (default ${TMPDIR:-/tmp}/pgbaton-chaos). Needs root for the network
+# (default ${TMPDIR:-/tmp}/pgbaton-chaos); CHAOS_NO_PANICS=1 keeps the
+# WithLock/WithXactLock sections from panicking (while a panic leaks its
+# lock, such leaks can take every key out of the run and hide the rest). Needs root for the network
 # partition faults (nftables or iptables) and the PostgreSQL server
 # binaries (see pgtest). The CI run is the same test with its default
 # duration: go test ./internal/chaos/

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgbaton/pgbaton"
 	"github.com/pgbaton/pgbaton/internal/history"
 	"github.com/pgbaton/pgbaton/pgtest"
@@ -28,11 +30,18 @@ const (
 	FaultBlackHole      = "proxy-blackhole"  // the proxy of worker slot 0 stops forwarding
 	FaultPartition      = "partition"        // a worker's lock sessions cut off by a packet filter
 	FaultPoolExhaustion = "pool-exhaustion"  // a worker's application pool held by others
+	FaultCancel         = "cancel"           // pg_cancel_backend of lock sessions at random moments, for a while
+	FaultRoleTimeouts   = "role-timeouts"    // lock_timeout and statement_timeout set on the workers' role, then reset
+	FaultConnLimit      = "conn-limit"       // the workers' role limited to one connection: new ones refused, then allowed
+	// FaultLockerClose is recorded by worker 0 when, during a black hole,
+	// it closes one of its Lockers (with a call in flight if it has one)
+	// and opens it again; the leases of that Locker are lost.
+	FaultLockerClose = "locker-close"
 )
 
 // AllFaults is every kind, in the order of the report.
 var AllFaults = []string{FaultKill, FaultFreeze, FaultFreezeCut, FaultTerminate, FaultRestart,
-	FaultCrash, FaultBlackHole, FaultPartition, FaultPoolExhaustion}
+	FaultCrash, FaultBlackHole, FaultPartition, FaultPoolExhaustion, FaultCancel, FaultRoleTimeouts, FaultConnLimit}
 
 // Fault windows, from pgbaton's defaults: lease bound 4s, server release 6s.
 var (
@@ -43,6 +52,9 @@ var (
 	holeFor       = leaseBound + 2*time.Second
 	partitionFor  = serverRelease + 2*time.Second
 	hogFor        = 3 * time.Second
+	cancelFor     = 1500 * time.Millisecond // a burst of cancels
+	roleFor       = 3 * time.Second         // role settings in force
+	limitFor      = 3 * time.Second         // connections refused
 )
 
 // nemesis injects faults in rounds of a shuffled order until ctx ends; a
@@ -53,6 +65,7 @@ func (s *suite) nemesis(ctx context.Context) error {
 		return ctx.Err()
 	}
 	kinds := append([]string(nil), s.o.Faults...)
+	injected, quieted := 0, false
 	for {
 		order := append([]string(nil), kinds...)
 		rand.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
@@ -62,7 +75,18 @@ func (s *suite) nemesis(ctx context.Context) error {
 			if err := sleepCtx(ctx, jitter(s.o.Gap)); err != nil {
 				return err
 			}
+			if injected > 0 && injected%s.o.QuietEvery == 0 && !quieted {
+				s.quiet(ctx, false)
+				quieted = true
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+			}
 			err := s.inject(kind)
+			if err == nil {
+				injected++
+				quieted = false
+			}
 			switch {
 			case err == nil:
 			case errors.Is(err, pgtest.ErrNetCutUnsupported):
@@ -115,7 +139,7 @@ func (s *suite) record(f history.Fault) {
 func (s *suite) victim(ctx context.Context, not0 bool) *proc {
 	holding := map[string]bool{}
 	if c, err := s.admin.conn(ctx); err == nil {
-		rows, err := c.Query(ctx, `SELECT DISTINCT split_part(a.application_name, ':', 2)
+		rows, err := c.Query(ctx, `SELECT DISTINCT split_part(split_part(a.application_name, ':', 2), '~', 1)
 			FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 			WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()
 			  AND a.application_name LIKE 'pgbaton:%'`)
@@ -257,11 +281,29 @@ func (s *suite) inject(kind string) error {
 		p := s.slots[0]
 		s.mu.Unlock()
 		s.waitHolding(ctx, p, 3*time.Second)
+		// A Locker closed while its connections hang, with a wait in
+		// flight: Close must stay within its bound. Half the time the
+		// wait is queued in the server before the hole opens.
+		reopen := func() {
+			if _, err := io.WriteString(p.stdin, "reopen\n"); err != nil {
+				s.note("reopen of %s not sent: %v", p.name, err)
+			}
+		}
+		early := rand.N(2) == 0
 		from := now()
+		if early {
+			reopen()
+			time.Sleep(100 * time.Millisecond) // its wait is sent, its Close not yet
+		}
 		s.proxy.BlackHole()
 		defer s.proxy.Heal()
 		to := now()
-		time.Sleep(holeFor)
+		pause := 500*time.Millisecond + rand.N(1500*time.Millisecond)
+		time.Sleep(pause)
+		if !early {
+			reopen()
+		}
+		time.Sleep(holeFor - pause)
 		s.proxy.Heal()
 		s.record(history.Fault{Kind: kind, Proc: p.name, TakesLocks: true, From: from, To: to, Until: now()})
 		return nil
@@ -297,8 +339,107 @@ func (s *suite) inject(kind string) error {
 		time.Sleep(hogFor)
 		s.record(history.Fault{Kind: kind, Proc: p.name, TakesLocks: false, From: from, To: from, Until: now()})
 		return nil
+
+	case FaultCancel:
+		return s.cancelBurst(ctx)
+
+	case FaultRoleTimeouts:
+		c, err := s.admin.conn(ctx)
+		if err != nil {
+			return err
+		}
+		role, db := pgx.Identifier{s.role}.Sanitize(), pgx.Identifier{s.o.DB}.Sanitize()
+		lt, st := 1+rand.N(50), 20+rand.N(200) // ms
+		from := now()
+		reset := func() error {
+			_, err := c.Exec(context.Background(), "ALTER ROLE "+role+" IN DATABASE "+db+" RESET lock_timeout; ALTER ROLE "+role+" IN DATABASE "+db+" RESET statement_timeout")
+			return err
+		}
+		defer func() { _ = reset() }() // undone whatever happens
+		if _, err := c.Exec(ctx, fmt.Sprintf("ALTER ROLE %s IN DATABASE %s SET lock_timeout = '%dms'; ALTER ROLE %s IN DATABASE %s SET statement_timeout = '%dms'", role, db, lt, role, db, st)); err != nil {
+			return err
+		}
+		to := now()
+		time.Sleep(roleFor)
+		if err := reset(); err != nil {
+			return err
+		}
+		s.record(history.Fault{Kind: kind, TakesLocks: false, From: from, To: to, Until: now(),
+			Note: fmt.Sprintf("lock_timeout %dms, statement_timeout %dms for new sessions", lt, st)})
+		return nil
+
+	case FaultConnLimit:
+		c, err := s.admin.conn(ctx)
+		if err != nil {
+			return err
+		}
+		role := pgx.Identifier{s.role}.Sanitize()
+		from := now()
+		lift := func() error {
+			_, err := c.Exec(context.Background(), "ALTER ROLE "+role+" CONNECTION LIMIT -1")
+			return err
+		}
+		defer func() { _ = lift() }() // undone whatever happens
+		if _, err := c.Exec(ctx, "ALTER ROLE "+role+" CONNECTION LIMIT 1"); err != nil {
+			return err
+		}
+		to := now()
+		time.Sleep(limitFor)
+		if err := lift(); err != nil {
+			return err
+		}
+		s.record(history.Fault{Kind: kind, TakesLocks: false, From: from, To: to, Until: now(), Note: "new connections of the workers refused"})
+		return nil
 	}
 	return fmt.Errorf("unknown fault kind %q", kind)
+}
+
+// cancelBurst sends pg_cancel_backend to lock sessions, one every few
+// milliseconds for cancelFor: two in three to a session waiting for a lock
+// (where a cancel races the grant), the others to any lock session that is
+// running a statement. A cancel takes no lock away; what it may do is end
+// a statement that was granted its lock.
+func (s *suite) cancelBurst(ctx context.Context) error {
+	c, err := s.admin.conn(ctx)
+	if err != nil {
+		return err
+	}
+	var from time.Time
+	if err := c.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&from); err != nil {
+		return err
+	}
+	sent, waiting := 0, 0
+	end := time.Now().Add(cancelFor)
+	for time.Now().Before(end) {
+		inWait := rand.N(3) != 0
+		var pid int
+		var ok bool
+		err := c.QueryRow(ctx, `SELECT pid, pg_cancel_backend(pid) FROM (
+				SELECT pid FROM pg_stat_activity
+				WHERE datname = current_database() AND application_name LIKE 'pgbaton:%' AND state = 'active'
+				  AND pid <> pg_backend_pid() AND (NOT $1 OR wait_event_type = 'Lock')
+				ORDER BY random() LIMIT 1) s`, inWait).Scan(&pid, &ok)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return err
+		case ok:
+			sent++
+			if inWait {
+				waiting++
+			}
+		}
+		time.Sleep(jitter(4 * time.Millisecond))
+	}
+	var to time.Time
+	if err := c.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&to); err != nil {
+		return err
+	}
+	if sent == 0 {
+		return errors.New("no lock session was running a statement")
+	}
+	s.record(history.Fault{Kind: FaultCancel, TakesLocks: false, From: from, To: to, Note: fmt.Sprintf("%d cancels, %d of them in a lock wait", sent, waiting)})
+	return nil
 }
 
 // cutLockSessions drops every packet of p's lock sessions (by their client
@@ -310,7 +451,7 @@ func (s *suite) cutLockSessions(ctx context.Context, p *proc) ([]*pgtest.Cut, er
 		return nil, err
 	}
 	rows, err := c.Query(ctx, `SELECT client_port FROM pg_stat_activity
-		WHERE datname = current_database() AND application_name LIKE 'pgbaton:' || $1 || ':%' AND client_port > 0`, p.name)
+		WHERE datname = current_database() AND application_name LIKE 'pgbaton:' || $1 || '~%' AND client_port > 0`, p.name)
 	if err != nil {
 		return nil, err
 	}
@@ -354,7 +495,7 @@ func (s *suite) waitHolding(ctx context.Context, p *proc, d time.Duration) {
 		var holds bool
 		err = c.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 			WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()
-			  AND a.application_name LIKE 'pgbaton:' || $1 || ':%')`, p.name).Scan(&holds)
+			  AND a.application_name LIKE 'pgbaton:' || $1 || '~%')`, p.name).Scan(&holds)
 		if err != nil || holds {
 			return
 		}

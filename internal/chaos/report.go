@@ -61,6 +61,11 @@ func (r *Report) Table() string {
 	row("**stale writes accepted**", "**%d**", res.StaleAccepted)
 	row("unreported losses", "%d", res.Count(history.CheckUnreported))
 	row("token order violations", "%d", res.Count(history.CheckTokenOrder))
+	row("calls (failed, of which panics)", "%d (%d, %d)", res.Calls, res.FailedCalls, res.Panics)
+	row("**calls over their bound**", "**%d**", res.Count(history.CheckCallBound))
+	row("**failed calls that left their key locked**", "**%d**", res.Count(history.CheckErrorLeftHeld))
+	row("quiet points (end of run included)", "%d", res.QuietPoints)
+	row("**locks held at a quiet point**", "**%d**", res.Count(history.CheckLeakedLock))
 	if st := res.Faults[history.Stall]; st != nil {
 		row("stalls observed by workers (≥200ms without running)", "%d", st.Count)
 	}
@@ -69,7 +74,7 @@ func (r *Report) Table() string {
 	row("verdict", "%s", res.Summary())
 
 	fmt.Fprintf(&b, "\n| fault | injected | leases hit | lost or died | detection p50 | detection max | next grant p50 | next grant max |\n|---|---|---|---|---|---|---|---|\n")
-	for _, k := range AllFaults {
+	for _, k := range append(append([]string(nil), AllFaults...), FaultLockerClose) {
 		fs := res.Faults[k]
 		if fs == nil {
 			continue

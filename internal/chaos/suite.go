@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"os"
 	"os/exec"
@@ -43,6 +44,19 @@ type Options struct {
 	Unfenced   bool          // writes skip the fence (a control)
 	Pace       time.Duration // pause between writes in a critical section; default 5ms
 	Backoff    time.Duration // pause after a busy try; default 20ms
+	// Slop is added to every call's documented bound (scheduling delays on
+	// a busy machine; stalls over 200ms are not counted anyway); default 1s.
+	Slop time.Duration
+	// PanicOneIn makes one WithLock/WithXactLock section in PanicOneIn
+	// panic (recovered by the worker); default 10, negative never.
+	PanicOneIn int
+	// PauseTimeout bounds how long the workers have to go idle at a quiet
+	// point (default 45s); StopTimeout how long they have to exit when
+	// stopped before they get SIGQUIT (default 30s).
+	PauseTimeout, StopTimeout time.Duration
+	// QuietEvery makes a quiet point after every QuietEvery faults
+	// (default 4); there is always one at the end of the run.
+	QuietEvery int
 
 	// Faults lists the kinds the nemesis injects, in rounds of a shuffled
 	// order; nil means every kind, empty (non-nil) means none.
@@ -78,6 +92,21 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.Gap == 0 {
 		o.Gap = time.Second
 	}
+	if o.Slop == 0 {
+		o.Slop = time.Second
+	}
+	if o.PauseTimeout == 0 {
+		o.PauseTimeout = pauseBound
+	}
+	if o.StopTimeout == 0 {
+		o.StopTimeout = 30 * time.Second
+	}
+	if o.PanicOneIn == 0 {
+		o.PanicOneIn = 10
+	}
+	if o.QuietEvery == 0 {
+		o.QuietEvery = 4
+	}
 	if o.Faults == nil {
 		o.Faults = AllFaults
 	}
@@ -109,6 +138,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	<-nctx.Done()
 	err = <-nemErr
 	stopNemesis()
+	// The end-of-run quiet point: every worker idle, nothing may be locked.
+	qctx, cancelQuiet := context.WithTimeout(context.Background(), 2*time.Minute)
+	s.quiet(qctx, true)
+	cancelQuiet()
 	s.stopWorkers()
 	elapsed := time.Since(started)
 	if err := s.faultLog.Err(); err != nil {
@@ -133,6 +166,8 @@ type suite struct {
 	admin *admin
 	proxy *pgtest.Proxy
 	keys  []string
+	keyOf map[[2]int64]string // (classid, objid) of a key's advisory lock -> key
+	role  string              // the workers' role (not a superuser, so CONNECTION LIMIT applies)
 
 	mu     sync.Mutex
 	procs  map[string]*proc // by proc name, alive or dead
@@ -143,6 +178,9 @@ type suite struct {
 	unsupported []string
 	faultLog    *history.Recorder // Dir/nemesis.jsonl
 	procCtx     context.Context   // workers' lifetime: the whole run
+	quiets      []history.Quiet
+	quietSeq    int
+	hung        map[string]bool // workers that did not stop and were ended with SIGQUIT
 }
 
 type proc struct {
@@ -152,6 +190,7 @@ type proc struct {
 	stdin   io.WriteCloser
 	out     string
 	exited  chan struct{}
+	paused  chan string // "paused <n>" answers
 	killed  bool
 	stopped bool // SIGSTOPped right now
 }
@@ -168,11 +207,31 @@ func (s *suite) setup(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, resourceDDL); err != nil {
 		return fmt.Errorf("chaos: creating the resource: %w", err)
 	}
+	s.keyOf = map[[2]int64]string{}
 	for i := range s.o.Keys {
 		k := fmt.Sprintf("chaos/key-%d", i)
 		s.keys = append(s.keys, k)
+		id := pgbaton.NameID(k)
+		s.keyOf[[2]int64{int64(uint64(id) >> 32), int64(uint32(id))}] = k
 		if _, err := conn.Exec(ctx, "INSERT INTO chaos_resource (key) VALUES ($1)", k); err != nil {
 			return err
+		}
+	}
+	// The workers connect as a role of their own: not a superuser (whom
+	// CONNECTION LIMIT does not apply to), with what they need and
+	// pg_read_all_stats for their checks. Roles are per cluster; the name
+	// is per database.
+	s.role = roleName(s.o.DB)
+	role := pgx.Identifier{s.role}.Sanitize()
+	for _, q := range []string{
+		"DO $$ BEGIN CREATE ROLE " + role + " LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+		"GRANT pg_read_all_stats TO " + role,
+		"GRANT USAGE ON SCHEMA pgbaton TO " + role,
+		"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public, pgbaton TO " + role,
+		"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public, pgbaton TO " + role,
+	} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("chaos: setting up the workers' role: %w", err)
 		}
 	}
 	if s.proxy, err = pgtest.NewProxy(s.o.Cluster.TCPAddr()); err != nil {
@@ -195,14 +254,15 @@ func (s *suite) startWorkers(ctx context.Context) error {
 // through the proxy (for the black-hole fault).
 func (s *suite) spawn(ctx context.Context, slot, gen int) error {
 	name := fmt.Sprintf("w%d.%d", slot, gen)
-	lockDSN := s.o.Cluster.TCPDSN(s.o.DB)
+	lockDSN := s.asRole(s.o.Cluster.TCPDSN(s.o.DB))
 	if slot == 0 {
-		lockDSN = s.o.Cluster.ProxyDSN(s.proxy, s.o.DB)
+		lockDSN = s.asRole(s.o.Cluster.ProxyDSN(s.proxy, s.o.DB))
 	}
 	cfg := workerConfig{
-		Proc: name, LockDSN: lockDSN, AppDSN: s.o.Cluster.TCPDSN(s.o.DB), Keys: s.keys,
+		Proc: name, LockDSN: lockDSN, AppDSN: s.asRole(s.o.Cluster.TCPDSN(s.o.DB)), Keys: s.keys,
 		Out: filepath.Join(s.o.Dir, name+".jsonl"), Mode: s.o.Mode, Unfenced: s.o.Unfenced,
-		Goroutines: s.o.Goroutines, Pace: s.o.Pace, Backoff: s.o.Backoff, Verbose: s.o.Verbose,
+		Goroutines: s.o.Goroutines, Pace: s.o.Pace, Backoff: s.o.Backoff, Verbose: s.o.Verbose, Slop: s.o.Slop,
+		PanicOneIn: max(s.o.PanicOneIn, 0),
 	}
 	if s.o.Mode == ModeIgnoreDone {
 		cfg.Pace = 50 * time.Millisecond
@@ -228,15 +288,22 @@ func (s *suite) spawn(ctx context.Context, slot, gen int) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("chaos: start worker %s: %w", name, err)
 	}
-	p := &proc{name: name, slot: slot, cmd: cmd, stdin: stdin, out: cfg.Out, exited: make(chan struct{})}
+	p := &proc{name: name, slot: slot, cmd: cmd, stdin: stdin, out: cfg.Out, exited: make(chan struct{}), paused: make(chan string, 8)}
 	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		once := false
 		for sc.Scan() {
-			if !once && sc.Text() == "ready" {
+			line := sc.Text()
+			if !once && line == "ready" {
 				once = true
 				close(ready)
+			}
+			if id, ok := strings.CutPrefix(line, "paused "); ok {
+				select {
+				case p.paused <- id:
+				default: // nobody waits for it any more
+				}
 			}
 		}
 		_ = cmd.Wait()
@@ -255,9 +322,8 @@ func (s *suite) spawn(ctx context.Context, slot, gen int) error {
 		b, _ := os.ReadFile(filepath.Join(s.o.Dir, name+".stderr")) //nolint:gosec // the harness's own file; the error is already being reported
 		return fmt.Errorf("chaos: worker %s exited before it was ready: %s", name, strings.TrimSpace(string(b)))
 	case <-t.C:
-		_ = cmd.Process.Kill()
-		<-p.exited
-		return fmt.Errorf("chaos: worker %s not ready within 60s", name)
+		tail := s.quit(p)
+		return fmt.Errorf("chaos: worker %s not ready within 60s; its goroutines (SIGQUIT) and stderr:\n%s", name, tail)
 	case <-ctx.Done():
 		_ = cmd.Process.Kill()
 		<-p.exited
@@ -265,8 +331,10 @@ func (s *suite) spawn(ctx context.Context, slot, gen int) error {
 	}
 }
 
-// stopWorkers asks every live worker to stop, and kills those that do not
-// exit within 30 seconds.
+// stopWorkers asks every live worker to stop. One that does not exit
+// within Options.StopTimeout gets SIGQUIT (the Go runtime prints every goroutine's
+// stack to its stderr and exits), and SIGKILL 10 seconds later; the tail
+// of its stderr goes into the notes.
 func (s *suite) stopWorkers() {
 	s.mu.Lock()
 	var live []*proc
@@ -282,15 +350,19 @@ func (s *suite) stopWorkers() {
 		}
 		_, _ = io.WriteString(p.stdin, "stop\n")
 	}
-	deadline := time.NewTimer(30 * time.Second)
+	deadline := time.NewTimer(s.o.StopTimeout)
 	defer deadline.Stop()
 	for _, p := range live {
 		select {
 		case <-p.exited:
 		case <-deadline.C:
-			s.note("worker %s did not stop within 30s; killed", p.name)
-			_ = p.cmd.Process.Kill()
-			<-p.exited
+			s.mu.Lock()
+			if s.hung == nil {
+				s.hung = map[string]bool{}
+			}
+			s.hung[p.name] = true
+			s.mu.Unlock()
+			s.note("worker %s did not stop within %s; its goroutines (SIGQUIT) and stderr:\n%s", p.name, s.o.StopTimeout, s.quit(p))
 		}
 		_ = p.stdin.Close()
 	}
@@ -298,6 +370,58 @@ func (s *suite) stopWorkers() {
 		s.proxy.Heal()
 		_ = s.proxy.Close()
 	}
+}
+
+// quit ends a worker that does not answer: SIGQUIT first, so that the Go
+// runtime writes every goroutine's stack to its stderr, then SIGKILL after
+// a grace period. It returns the tail of the worker's stderr.
+func (s *suite) quit(p *proc) string {
+	_ = p.cmd.Process.Signal(syscall.SIGCONT) // a frozen worker cannot dump
+	_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+	case <-t.C:
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+	return stderrTail(filepath.Join(s.o.Dir, p.name+".stderr"), 16<<10)
+}
+
+// stderrTail returns the last n bytes of a file (a worker's stderr).
+func stderrTail(path string, n int64) string {
+	f, err := os.Open(path) //nolint:gosec // the harness's own file
+	if err != nil {
+		return fmt.Sprintf("(stderr not readable: %v)", err)
+	}
+	defer func() { _ = f.Close() }() // read-only
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Sprintf("(stderr not readable: %v)", err)
+	}
+	off := max(st.Size()-n, 0)
+	b := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Sprintf("(stderr not readable: %v)", err)
+	}
+	if off > 0 {
+		return fmt.Sprintf("[... %d bytes before]\n%s", off, b)
+	}
+	return string(b)
+}
+
+// roleName is the workers' role for database db.
+func roleName(db string) string {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(db)) // never fails
+	return fmt.Sprintf("chaos_worker_%08x", h.Sum32())
+}
+
+// asRole makes a DSN of the cluster's (user=postgres) connect as the
+// workers' role.
+func (s *suite) asRole(dsn string) string {
+	return strings.Replace(dsn, "user=postgres", "user="+s.role, 1)
 }
 
 func (s *suite) note(format string, args ...any) {
@@ -319,6 +443,7 @@ func (s *suite) collect(ctx context.Context) (*history.History, error) {
 		procs = append(procs, p)
 	}
 	faults := append([]history.Fault(nil), s.faults...)
+	quiets := append([]history.Quiet(nil), s.quiets...)
 	s.mu.Unlock()
 	for _, p := range procs {
 		f, err := os.Open(p.out)
@@ -353,12 +478,24 @@ func (s *suite) collect(ctx context.Context) (*history.History, error) {
 		return nil, err
 	}
 	rd.Add(nil, writes, faults)
+	rd.AddQuiets(quiets)
 	h := rd.History()
+	if h.End, err = s.admin.now(ctx); err != nil {
+		return nil, err
+	}
 	kills := map[string]history.Fault{}
 	for _, f := range faults {
 		if f.Kind == FaultKill {
 			kills[f.Proc] = f
 		}
+	}
+	for i := range h.Calls {
+		c := &h.Calls[i]
+		if _, ok := kills[c.Proc]; ok && !c.Done {
+			c.Died = true // the nemesis killed its process
+		}
+		// Calls of a worker that would not stop (hung) stay unfinished:
+		// the checker reports them.
 	}
 	for i := range h.Leases {
 		l := &h.Leases[i]

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -38,7 +37,34 @@ const (
 	// ModePoolLock takes session locks through a plain connection pool and
 	// unlocks through it too (the first seed's bug, deliberately broken).
 	ModePoolLock = "pool-lock"
+	// ModeForgetOnError takes session locks on a pinned connection of its
+	// own and, when the lock statement ends in an error, forgets the key
+	// while the connection stays open and keeps serving: the lock survives
+	// the statement's error (deliberately broken). One statement in eight
+	// fails right after its grant, so the leak happens in every run.
+	ModeForgetOnError = "forget-on-error"
+	// ModePanicLeak takes transaction-scoped locks on a pinned connection
+	// and does not end the transaction when the critical section panics
+	// (the worker recovers the panic): the lock stays held (deliberately
+	// broken). One critical section in four panics.
+	ModePanicLeak = "panic-leak"
+	// ModeUnboundedWait waits for a lock with no lock_timeout and ignores
+	// the wait the caller asked for (20ms), while a third of the holders
+	// keep the key for 8 s (deliberately broken): its calls outlive their
+	// bound (7.02s).
+	ModeUnboundedWait = "unbounded-wait"
 )
+
+// modeStuck is a worker whose goroutine blocks forever in a call and which
+// therefore never stops: the harness must end it with SIGQUIT and report
+// its goroutines (deliberately broken; for TestStuckWorkerDumped).
+const modeStuck = "stuck"
+
+// rawMode reports whether mode takes locks with raw pgx on pinned
+// connections instead of a Locker.
+func rawMode(mode string) bool {
+	return mode == ModeForgetOnError || mode == ModePanicLeak || mode == ModeUnboundedWait
+}
 
 // resource is the fenced table; every applied write is logged by a trigger
 // in commit order (seq).
@@ -65,14 +91,36 @@ type workerConfig struct {
 	Mode       string        `json:"mode"`
 	Unfenced   bool          `json:"unfenced"`
 	Goroutines int           `json:"goroutines"`
+	Lockers    int           `json:"lockers"` // Lockers per process; goroutine g uses Locker g mod Lockers
 	Pace       time.Duration `json:"pace"`    // pause between writes in a critical section
 	Backoff    time.Duration `json:"backoff"` // pause after a busy try
-	Verbose    bool          `json:"verbose"`
+	// Slop is added to every documented bound of a call: scheduling delays
+	// of a busy machine (stalls over 200ms are recorded and not counted).
+	Slop time.Duration `json:"slop"`
+	// PanicOneIn: one WithLock/WithXactLock section in PanicOneIn panics
+	// (the worker recovers it, as an HTTP server would); 0 never.
+	PanicOneIn int  `json:"panic_one_in"`
+	Verbose    bool `json:"verbose"`
 }
 
+// Locker settings of the workers. ConnectTimeout is short so that a call
+// that waits on a connection it cannot open stands out against its bound;
+// idle lock connections are retired quickly so that new ones keep being
+// opened (and pick up the role settings the nemesis changes).
+const (
+	workerConnectTimeout  = 2 * time.Second
+	workerMaxConnIdleTime = 3 * time.Second
+)
+
 // WorkerMain runs one worker process: it contends for the keys until told
-// to stop (a "stop" line or EOF on stdin), recording every lease to its
-// history file. It returns the process exit code.
+// to stop (a "stop" line or EOF on stdin), recording every lease and every
+// call to its history file. It returns the process exit code.
+//
+// Commands on stdin, one a line: "stop"; "hog <ms>" (hold the application
+// pool); "reopen" (close a Locker, preferably one with a call in flight,
+// and open it again); "pause <n>" (finish the current operation, start no
+// new one, and answer "paused <n>" on stdout once every goroutine is idle
+// and no Locker is being reopened); "resume".
 func WorkerMain() int {
 	var cfg workerConfig
 	if err := json.Unmarshal([]byte(os.Getenv(WorkerEnv)), &cfg); err != nil {
@@ -87,13 +135,32 @@ func WorkerMain() int {
 }
 
 type worker struct {
-	cfg    workerConfig
-	rec    *history.Recorder
-	locker *pgbaton.Locker
-	app    *pgxpool.Pool // fenced writes (and the locks, in ModePoolLock)
-	clock  *pgxpool.Pool // server time
-	offset atomic.Int64  // server minus local clock, ns
-	seq    atomic.Int64
+	cfg     workerConfig
+	rec     *history.Recorder
+	lcfg    []pgbaton.Config // of each Locker, to open it again
+	lmu     sync.Mutex
+	lockers []*pgbaton.Locker // (lmu) nil while being opened again
+	inCall  []atomic.Int32    // goroutines in a call, per Locker
+	app     *pgxpool.Pool     // fenced writes (and the locks, in ModePoolLock)
+	clock   *pgxpool.Pool     // server time and the after-error checks; immune to the role's timeouts
+	offset  atomic.Int64      // server minus local clock, ns
+	seq     atomic.Int64
+	calls   atomic.Int64
+
+	outMu sync.Mutex
+	out   io.Writer // stdout: "ready", "paused <n>"
+
+	mu        sync.Mutex
+	cond      *sync.Cond
+	active    map[string]int           // goroutines in a call on the key or holding it
+	pending   map[string]int           // after-error checks of the key waiting for active to drop to 0
+	heldBy    map[string]int           // key -> Locker index of a goroutine holding it
+	relCh     map[string]chan struct{} // closed when a goroutine of this process starts releasing the key
+	reported  map[[2]int64]bool        // (pid, key id) leaks already recorded
+	paused    bool
+	pauseID   string
+	idle      int
+	reopening int // Lockers being closed and opened again
 }
 
 func runWorker(cfg workerConfig, stdin io.Reader, stdout io.Writer) (err error) {
@@ -106,7 +173,16 @@ func runWorker(cfg workerConfig, stdin io.Reader, stdout io.Writer) (err error) 
 			err = cerr
 		}
 	}()
-	w := &worker{cfg: cfg, rec: history.NewRecorder(f)}
+	if cfg.Lockers == 0 {
+		cfg.Lockers = 2
+	}
+	if cfg.Slop == 0 {
+		cfg.Slop = time.Second
+	}
+	w := &worker{cfg: cfg, rec: history.NewRecorder(f), out: stdout,
+		active: map[string]int{}, pending: map[string]int{}, heldBy: map[string]int{},
+		relCh: map[string]chan struct{}{}, reported: map[[2]int64]bool{}}
+	w.cond = sync.NewCond(&w.mu)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -116,23 +192,30 @@ func runWorker(cfg workerConfig, stdin io.Reader, stdout io.Writer) (err error) 
 	}
 	setup, cancelSetup := context.WithTimeout(ctx, 30*time.Second)
 	defer cancelSetup()
-	if w.app, err = newPool(setup, cfg.AppDSN, "chaos-app:"+cfg.Proc, int32(cfg.Goroutines)); err != nil {
+	if w.app, err = newPool(setup, cfg.AppDSN, "chaos-app:"+cfg.Proc, int32(cfg.Goroutines), false); err != nil {
 		return err
 	}
 	defer w.app.Close()
-	if w.clock, err = newPool(setup, cfg.AppDSN, "chaos-clock:"+cfg.Proc, int32(cfg.Goroutines)+1); err != nil {
+	if w.clock, err = newPool(setup, cfg.AppDSN, "chaos-clock:"+cfg.Proc, int32(cfg.Goroutines)+1, true); err != nil {
 		return err
 	}
 	defer w.clock.Close()
-	if cfg.Mode != ModePoolLock {
-		w.locker, err = pgbaton.New(setup, pgbaton.Config{ConnString: cfg.LockDSN, InstanceName: cfg.Proc, MaxConns: 4, Logger: logger})
-		if err != nil {
-			return err
+	if cfg.Mode != ModePoolLock && !rawMode(cfg.Mode) {
+		w.inCall = make([]atomic.Int32, cfg.Lockers)
+		for i := range cfg.Lockers {
+			lc := pgbaton.Config{ConnString: cfg.LockDSN, InstanceName: lockerName(cfg.Proc, i),
+				MaxConns: 4, Logger: logger, ConnectTimeout: workerConnectTimeout, MaxConnIdleTime: workerMaxConnIdleTime}
+			l, err := pgbaton.New(setup, lc)
+			if err != nil {
+				return err
+			}
+			w.lcfg = append(w.lcfg, lc)
+			w.lockers = append(w.lockers, l)
 		}
-		defer func() { _ = w.locker.Close() }() // Close always returns nil
+		defer w.closeLockers()
 	}
 	w.now(setup) // prime the clock offset
-	if _, err := fmt.Fprintln(stdout, "ready"); err != nil {
+	if err := w.say("ready"); err != nil {
 		return err
 	}
 
@@ -143,13 +226,25 @@ func runWorker(cfg workerConfig, stdin io.Reader, stdout io.Writer) (err error) 
 			f := strings.Fields(sc.Text())
 			switch {
 			case len(f) == 1 && f[0] == "stop":
-				cancel()
+				w.stop(cancel)
 			case len(f) == 2 && f[0] == "hog":
 				ms, _ := strconv.Atoi(f[1])
 				go w.hog(ctx, time.Duration(ms)*time.Millisecond)
+			case len(f) == 2 && f[0] == "pause":
+				w.pause(f[1])
+			case len(f) == 1 && f[0] == "reopen":
+				w.mu.Lock()
+				w.reopening++
+				w.mu.Unlock()
+				go w.reopen(ctx)
+			case len(f) == 1 && f[0] == "resume":
+				w.mu.Lock()
+				w.paused = false
+				w.cond.Broadcast()
+				w.mu.Unlock()
 			}
 		}
-		cancel() // EOF: the harness is gone
+		w.stop(cancel) // EOF: the harness is gone
 	}()
 
 	var wg sync.WaitGroup
@@ -169,13 +264,169 @@ func runWorker(cfg workerConfig, stdin io.Reader, stdout io.Writer) (err error) 
 	return w.rec.Err()
 }
 
-func newPool(ctx context.Context, dsn, app string, size int32) (*pgxpool.Pool, error) {
+// lockerName is the InstanceName of Locker i of a process: its lock
+// sessions are "pgbaton:<proc>~<letter>:<n>", which the nemesis finds by
+// the prefix "pgbaton:<proc>~".
+func lockerName(proc string, i int) string { return proc + "~" + string(rune('a'+i)) }
+
+func (w *worker) say(line string) error {
+	w.outMu.Lock()
+	defer w.outMu.Unlock()
+	_, err := fmt.Fprintln(w.out, line)
+	return err
+}
+
+func (w *worker) stop(cancel context.CancelFunc) {
+	cancel()
+	w.mu.Lock()
+	w.paused = false
+	w.cond.Broadcast()
+	w.mu.Unlock()
+}
+
+// pause makes the goroutines stop between operations; the last one to
+// stop answers "paused <id>".
+func (w *worker) pause(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.paused, w.pauseID = true, id
+	w.ackPauseLocked()
+}
+
+// ackPauseLocked answers a pause once everything is idle. w.mu is held.
+func (w *worker) ackPauseLocked() {
+	if w.paused && w.idle == w.cfg.Goroutines && w.reopening == 0 {
+		_ = w.say("paused " + w.pauseID) // the harness reads it; a broken pipe means it is gone
+	}
+}
+
+// waitResumed blocks while the process is paused. It returns false when
+// the process is stopping.
+func (w *worker) waitResumed(ctx context.Context) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.paused {
+		return ctx.Err() == nil
+	}
+	w.idle++
+	w.ackPauseLocked()
+	for w.paused && ctx.Err() == nil {
+		w.cond.Wait()
+	}
+	w.idle--
+	return ctx.Err() == nil
+}
+
+// closeLockers closes every Locker, recording each Close as a call.
+func (w *worker) closeLockers() {
+	w.lmu.Lock()
+	ls := append([]*pgbaton.Locker(nil), w.lockers...)
+	w.lmu.Unlock()
+	for _, l := range ls {
+		if l != nil {
+			w.closeLocker(l)
+		}
+	}
+}
+
+// closeLocker closes l, recording the call. Close's bound: its waits end
+// at once, and closing a connection is bounded by the lease bound; a
+// cancel request for a wait in flight may need a connection
+// (ConnectTimeout).
+func (w *worker) closeLocker(l *pgbaton.Locker) {
+	cfg := l.Config()
+	c := w.callStart("Close", "", 0, cfg.ConnectTimeout+cfg.LeaseTimeout)
+	err := l.Close()
+	w.callEnd(c, err, false, 0)
+}
+
+// lockerAt returns Locker li, or nil while it is being opened again.
+func (w *worker) lockerAt(li int) *pgbaton.Locker {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	return w.lockers[li]
+}
+
+// reopen closes one Locker, preferably one with a call in flight (the
+// nemesis sends it during a black hole), with a wait of its own in flight
+// on it, and opens it again, retrying
+// until the server can be reached. The Close is recorded as a fault that
+// takes locks (its leases are lost) and as a call against its bound.
+func (w *worker) reopen(ctx context.Context) {
+	defer func() {
+		w.mu.Lock()
+		w.reopening--
+		w.ackPauseLocked()
+		w.mu.Unlock()
+	}()
+	li := rand.N(len(w.lcfg))
+	for i := range w.inCall {
+		if w.inCall[i].Load() > 0 {
+			li = i
+			break
+		}
+	}
+	w.lmu.Lock()
+	old := w.lockers[li]
+	w.lockers[li] = nil
+	w.lmu.Unlock()
+	if old == nil {
+		return
+	}
+	// A wait in flight on it for sure, with the default wait (30s): the
+	// harness's own Acquire, which Close must end without waiting for it.
+	waited := make(chan struct{})
+	go func() {
+		defer close(waited)
+		key := w.randKey()
+		if k, ok := w.siblingKey(-1); ok {
+			key = k // held: the wait stays in the server's queue
+		}
+		w.begin(key)
+		defer w.end(key)
+		cfg := old.Config()
+		c := w.callStart("Acquire", key, cfg.AcquireTimeout, boundsOf(cfg).acquire(cfg.AcquireTimeout))
+		lease, err := old.Acquire(ctx, pgbaton.KeyName(key)) // the default wait, AcquireTimeout (30s)
+		w.callEnd(c, err, false, 0)
+		if err == nil {
+			_ = lease.Release() // not a lease of the run: granted before Close, given back
+		}
+	}()
+	w.sleep(ctx, 200*time.Millisecond) // let it reach the server's queue
+	from := w.estimate()
+	w.closeLocker(old)
+	<-waited
+	w.rec.Fault(history.Fault{Kind: FaultLockerClose, Proc: w.cfg.Proc, TakesLocks: true, From: from, To: w.estimate(),
+		Note: lockerName(w.cfg.Proc, li)})
+	for ctx.Err() == nil {
+		nctx, cancel := context.WithTimeout(ctx, 2*workerConnectTimeout)
+		l, err := pgbaton.New(nctx, w.lcfg[li])
+		cancel()
+		if err == nil {
+			w.lmu.Lock()
+			w.lockers[li] = l
+			w.lmu.Unlock()
+			return
+		}
+		w.sleep(ctx, 200*time.Millisecond) // the server cannot be reached yet
+	}
+}
+
+// newPool opens a pool. An immune pool's sessions override the role's
+// lock_timeout and statement_timeout (settings sent at connection start
+// take precedence over ALTER ROLE ... SET), so the harness's own clock reads
+// and checks are not the ones that fail under the role-timeouts fault.
+func newPool(ctx context.Context, dsn, app string, size int32, immune bool) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, err
 	}
 	pc.MaxConns = size
 	pc.ConnConfig.RuntimeParams["application_name"] = app
+	if immune {
+		pc.ConnConfig.RuntimeParams["lock_timeout"] = "0"
+		pc.ConnConfig.RuntimeParams["statement_timeout"] = "0"
+	}
 	// Accepted writes must survive a server crash like the tokens do.
 	pc.ConnConfig.RuntimeParams["synchronous_commit"] = "on"
 	pc.ConnConfig.ConnectTimeout = 5 * time.Second
@@ -263,182 +514,3 @@ func (w *worker) sleep(ctx context.Context, d time.Duration) {
 }
 
 func jitter(d time.Duration) time.Duration { return d/2 + rand.N(d+1) }
-
-func (w *worker) loop(ctx context.Context, g int) {
-	for ctx.Err() == nil {
-		key := w.cfg.Keys[rand.N(len(w.cfg.Keys))]
-		if w.cfg.Mode == ModePoolLock {
-			w.poolLockOnce(ctx, key)
-		} else {
-			w.leaseOnce(ctx, key)
-		}
-	}
-}
-
-// signal records when a lease's loss was reported, read independently of
-// the holder's logic.
-type signal struct {
-	done chan struct{}
-	at   time.Time
-	est  bool
-	lost bool
-}
-
-func (w *worker) leaseOnce(ctx context.Context, key string) {
-	before, ok0 := w.now(ctx)
-	var lease *pgbaton.Lease
-	var err error
-	if rand.N(2) == 0 {
-		lease, err = w.locker.TryAcquire(ctx, pgbaton.KeyName(key))
-	} else {
-		lease, err = w.locker.Acquire(ctx, pgbaton.KeyName(key), pgbaton.Wait(time.Second))
-	}
-	if err != nil {
-		if errors.Is(err, pgbaton.ErrNotAcquired) {
-			w.sleep(ctx, jitter(w.cfg.Backoff))
-		} else {
-			w.sleep(ctx, jitter(100*time.Millisecond)) // server down, connection refused...
-		}
-		return
-	}
-	grant, ok1 := w.now(ctx)
-	tok, hasTok := lease.Token()
-	_, pid := lease.Conn()
-	l := history.Lease{
-		ID: fmt.Sprintf("%s-%d", w.cfg.Proc, w.seq.Add(1)), Proc: w.cfg.Proc, Key: key,
-		Token: tok, HasToken: hasTok, PID: int(pid), Before: before, Grant: grant,
-		Kind: history.Open, Estimated: !ok0 || !ok1,
-	}
-	w.rec.Lease(l)
-
-	sig := &signal{done: make(chan struct{})}
-	stop := context.AfterFunc(lease.Context(), func() {
-		defer close(sig.done)
-		if errors.Is(context.Cause(lease.Context()), pgbaton.ErrReleased) {
-			return
-		}
-		sig.lost = true
-		var ok bool
-		sig.at, ok = w.now(context.Background())
-		sig.est = !ok
-	})
-	defer stop()
-
-	noticed := false // the holder saw Done during its critical section
-	writes := 1 + rand.N(3)
-	if w.cfg.Mode == ModeIgnoreDone {
-		writes = 60 // a long critical section (about 3s), never looking at Done
-	}
-	for i := 0; i < writes; i++ {
-		if w.cfg.Mode == ModeIgnoreDone {
-			w.sleep(ctx, jitter(w.cfg.Pace))
-		} else {
-			t := time.NewTimer(jitter(w.cfg.Pace))
-			select {
-			case <-lease.Done():
-				noticed = true
-			case <-t.C:
-			}
-			t.Stop()
-			if noticed {
-				break
-			}
-			// Between the last look at Done and the write reaching the
-			// resource there is always a window (preparing the change, a
-			// GC pause, the network). A holder frozen in it writes with a
-			// token that may be stale by the time it wakes: the fence, not
-			// the check, must stop that write.
-			w.sleep(ctx, jitter(w.cfg.Pace))
-		}
-		w.write(l, key, tok)
-	}
-
-	if !noticed && w.cfg.Mode == ModeCorrect {
-		select { // a last look before leaving the critical section
-		case <-lease.Done():
-			noticed = true
-		default:
-		}
-	}
-	if noticed {
-		<-sig.done
-		l.End, l.Signalled, l.Kind = sig.at, sig.at, history.Lost
-		l.Estimated = l.Estimated || sig.est
-		_ = lease.Release() // returns the loss we already know about
-	} else {
-		end, ok := w.now(ctx)
-		l.End = end
-		l.Estimated = l.Estimated || !ok
-		if err := lease.Release(); err != nil {
-			l.Kind = history.Lost
-			<-sig.done
-			l.Signalled = sig.at
-			l.UnlockFalse = errors.Is(err, pgbaton.ErrUnlockFalse)
-		} else {
-			l.Kind = history.Released
-		}
-		if w.cfg.Mode == ModeIgnoreDone {
-			<-sig.done
-			if sig.lost {
-				l.Signalled = sig.at // told long before it stopped
-			}
-		}
-	}
-	if err := lease.Err(); l.Kind == history.Lost && err != nil {
-		l.Cause = err.Error()
-		l.HeartbeatTimeout = errors.Is(err, pgbaton.ErrHeartbeatTimeout)
-	}
-	w.rec.Lease(l)
-}
-
-// write makes one fenced write to the key's row (or an unguarded one in the
-// unfenced control). Accepted writes are logged by the resource itself;
-// rejected ones are recorded here.
-func (w *worker) write(l history.Lease, key string, tok int64) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var err error
-	if w.cfg.Unfenced {
-		_, err = w.app.Exec(ctx, "UPDATE chaos_resource SET value = value + 1, writer = $3, fence_token = $1 WHERE key = $2", tok, key, l.ID)
-	} else {
-		err = resource.Update(ctx, w.app, fence.Token(tok), key, "value = value + 1, writer = $3", l.ID)
-	}
-	if errors.Is(err, fence.ErrStaleToken) {
-		w.rec.Write(history.Write{Lease: l.ID, Proc: l.Proc, Key: key, Token: tok, Accepted: false, At: w.estimate()})
-	}
-}
-
-// poolLockOnce is the first seed's bug: a session lock taken through a
-// pool, work done, and the unlock sent through the pool too, where it may
-// land on another connection.
-func (w *worker) poolLockOnce(ctx context.Context, key string) {
-	id := pgbaton.NameID(key)
-	before, ok0 := w.now(ctx)
-	var ok bool
-	var tok *int64
-	err := w.app.QueryRow(ctx, "SELECT l, CASE WHEN l THEN nextval('pgbaton.fence_token') END FROM pg_try_advisory_lock($1) AS l", id).Scan(&ok, &tok)
-	if err != nil || !ok || tok == nil {
-		w.sleep(ctx, jitter(w.cfg.Backoff))
-		return
-	}
-	grant, ok1 := w.now(ctx)
-	l := history.Lease{
-		ID: fmt.Sprintf("%s-%d", w.cfg.Proc, w.seq.Add(1)), Proc: w.cfg.Proc, Key: key,
-		Token: *tok, HasToken: true, Before: before, Grant: grant, Kind: history.Open, Estimated: !ok0 || !ok1,
-	}
-	w.rec.Lease(l)
-	for range 1 + rand.N(3) {
-		w.sleep(ctx, jitter(w.cfg.Pace))
-		w.write(l, key, *tok)
-	}
-	end, ok2 := w.now(ctx)
-	var unlocked bool
-	if err := w.app.QueryRow(context.Background(), "SELECT pg_advisory_unlock($1)", id).Scan(&unlocked); err != nil {
-		unlocked = false
-	}
-	// The broken code believes it released; the server's answer is kept
-	// as evidence.
-	l.End, l.Kind, l.UnlockFalse = end, history.Released, !unlocked
-	l.Estimated = l.Estimated || !ok2
-	w.rec.Lease(l)
-}

@@ -15,7 +15,14 @@ const (
 	CheckStaleAccepted  = "stale-accepted"   // (b)
 	CheckUnreported     = "unreported-loss"  // (c)
 	CheckTokenOrder     = "token-order"      // (d)
+	CheckCallBound      = "call-bound"       // (e) a call took longer than its documented bound
+	CheckErrorLeftHeld  = "error-left-held"  // (f) a failed call left its key locked
+	CheckLeakedLock     = "leaked-lock"      // (g) a lock held at a quiet point
 )
+
+// AllChecks lists the check names in the order of Summary.
+var AllChecks = []string{CheckOverlap, CheckActedAfterLoss, CheckStaleAccepted, CheckUnreported, CheckTokenOrder,
+	CheckCallBound, CheckErrorLeftHeld, CheckLeakedLock}
 
 // Violation is one failed check.
 type Violation struct {
@@ -78,6 +85,10 @@ type Result struct {
 	// heartbeat timeout to explain them (not a safety violation).
 	UnexplainedLosses int
 	HeartbeatLosses   int
+	Calls             int // calls recorded
+	FailedCalls       int // of those, returned an error or panicked
+	Panics            int // critical sections that panicked
+	QuietPoints       int
 	Faults            map[string]*FaultStats
 	Violations        []Violation
 	// ExcusedSamples describes the first excused overlaps, for reading.
@@ -179,6 +190,8 @@ func CheckWith(h *History, o Options) *Result {
 	r.checkUnreported(leases, h.Faults)
 	r.checkTokensUnique(leases)
 	r.checkWrites(h.Writes)
+	r.checkCalls(h.Calls, h.Faults, last)
+	r.checkQuiets(h.Quiets, h.Calls)
 	return r
 }
 
@@ -200,6 +213,13 @@ func lastTime(h *History) time.Time {
 	for i := range h.Faults {
 		up(h.Faults[i].effectEnd())
 	}
+	for i := range h.Calls {
+		up(h.Calls[i].Start.Add(h.Calls[i].Took))
+	}
+	for i := range h.Quiets {
+		up(h.Quiets[i].At)
+	}
+	up(h.End)
 	return t
 }
 
@@ -326,8 +346,8 @@ func (r *Result) checkTokensUnique(ls []*Lease) {
 // checkUnreported is check (c).
 func (r *Result) checkUnreported(ls []*Lease, faults []Fault) {
 	for _, l := range ls {
-		if l.Kind != Released {
-			continue
+		if l.Kind != Released || l.Panicked {
+			continue // a panicked section's lock is judged by the liveness checks
 		}
 		if l.UnlockFalse {
 			r.violate(CheckUnreported, l.Key, "%s: the unlock found the lock gone, yet its holder was told it released cleanly", l.ID)
@@ -429,12 +449,111 @@ func (r *Result) Summary() string {
 		counts[v.Check]++
 	}
 	var parts []string
-	for _, c := range []string{CheckOverlap, CheckActedAfterLoss, CheckStaleAccepted, CheckUnreported, CheckTokenOrder} {
+	for _, c := range AllChecks {
 		if counts[c] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[c], c))
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// checkCalls is check (e), every call within its bound (time its process
+// could not run not counted), and check (f), no failed call leaving its key
+// locked.
+func (r *Result) checkCalls(cs []Call, faults []Fault, last time.Time) {
+	for i := range cs {
+		c := &cs[i]
+		r.Calls++
+		if c.Err != "" || c.Panicked {
+			r.FailedCalls++
+		}
+		if c.Panicked {
+			r.Panics++
+		}
+		if c.LeftHeld != nil {
+			h := c.LeftHeld
+			what := "failed with " + c.errText()
+			r.violate(CheckErrorLeftHeld, c.Key, "%s %s(%s%s) at %s %s, yet backend pid %d (%s) of the same process still held the key %s later with no lease of the process on it",
+				c.Proc, c.Op, c.Key, waitText(c.Wait), ts(c.Start), what, h.PID, h.App, h.For.Round(time.Millisecond))
+		}
+		if c.Died || c.Bound <= 0 {
+			continue
+		}
+		took := c.Took
+		if !c.Done {
+			took = last.Sub(c.Start) // still running at the end of the history
+		}
+		stalled := stalledFor(faults, c.Proc, c.Start, c.Start.Add(took))
+		if took-stalled <= c.Bound {
+			continue
+		}
+		if !c.Done {
+			r.violate(CheckCallBound, c.Key, "%s %s(%s%s) called at %s never returned (%s until the end of the history, stalled %s, bound %s)",
+				c.Proc, c.Op, c.Key, waitText(c.Wait), ts(c.Start), took.Round(time.Millisecond), stalled.Round(time.Millisecond), c.Bound)
+			continue
+		}
+		r.violate(CheckCallBound, c.Key, "%s %s(%s%s) called at %s took %s (stalled %s), bound %s; it returned %s",
+			c.Proc, c.Op, c.Key, waitText(c.Wait), ts(c.Start), took.Round(time.Millisecond), stalled.Round(time.Millisecond), c.Bound, c.errText())
+	}
+}
+
+func (c *Call) errText() string {
+	switch {
+	case c.Panicked:
+		return "a panic of the caller's function"
+	case c.Err == "":
+		return "nil"
+	}
+	return fmt.Sprintf("%q", c.Err)
+}
+
+func waitText(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	return ", Wait " + d.String()
+}
+
+// checkQuiets is check (g): at a quiet point no lock of the run is held.
+// Each leak names the holding session and, when the session's process is
+// known, that process's last failed call on the key before the quiet point
+// (the likely cause).
+func (r *Result) checkQuiets(qs []Quiet, cs []Call) {
+	for _, q := range qs {
+		r.QuietPoints++
+		for _, h := range q.Held {
+			cause := "no failed call of its process on the key before it"
+			if h.Proc == "" {
+				cause = "the session belongs to no worker"
+			}
+			var best *Call
+			for i := range cs {
+				c := &cs[i]
+				if c.Proc != h.Proc || c.Key != h.Key || (c.Err == "" && !c.Panicked) || c.Start.After(q.At) {
+					continue
+				}
+				if c.LeftHeld != nil && c.LeftHeld.PID == h.PID {
+					best = c // the failed call after which this very lock was seen left held
+					break
+				}
+				if best == nil || c.Start.After(best.Start) {
+					best = c
+				}
+			}
+			switch {
+			case best != nil && best.LeftHeld != nil && best.LeftHeld.PID == h.PID:
+				cause = fmt.Sprintf("left held since %s %s at %s returned %s", h.Proc, best.Op, ts(best.Start), best.errText())
+			case best != nil:
+				cause = fmt.Sprintf("the last failed call of %s on it: %s at %s returned %s", h.Proc, best.Op, ts(best.Start), best.errText())
+			}
+			when := "quiet point"
+			if q.Final {
+				when = "end-of-run quiet point"
+			}
+			r.violate(CheckLeakedLock, h.Key, "at the %s %s (every lease ended, every call returned) backend pid %d (%s) held the key for %s; %s",
+				when, ts(q.At), h.PID, h.App, h.For.Round(time.Millisecond), cause)
+		}
+	}
 }
 
 // stalledFor is how long, within [from, to], process proc could not run:

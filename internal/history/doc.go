@@ -1,9 +1,10 @@
 // Package history records what lock holders believed and what the resource
-// accepted, and checks the record for violations of mutual exclusion.
+// accepted, and checks the record for violations of mutual exclusion and of
+// liveness (bounded calls, no lock left behind).
 //
 // # Model
 //
-// A history has three kinds of events, all stamped with the SERVER's clock
+// A history has three kinds of safety events, all stamped with the SERVER's clock
 // (clock_timestamp() of the one PostgreSQL server, read on a connection
 // other than the lock connection, or by the fenced write itself), so that
 // events of different processes compare without trusting their clocks:
@@ -22,6 +23,15 @@
 //     within which it took effect (and Until for faults that last, such as
 //     a freeze or a partition), and whom it affected: a process, a backend
 //     pid, or everyone (server restart or crash).
+//
+// and two kinds of liveness events:
+//
+//   - [Call]: one call into the lock library, with its duration on the
+//     caller's monotonic clock and the bound its documentation gives it,
+//     and, if it failed, whether the key stayed locked by the caller's
+//     process afterwards (LeftHeld).
+//   - [Quiet]: a quiet point, at which every caller had ended every call
+//     and lease, and the locks the server still held on the run's keys.
 //
 // # Checks
 //
@@ -47,6 +57,18 @@
 //	(d) token order: two leases on a key whose grants are certainly ordered
 //	    (one's Grant before the other's Before) with tokens in the other
 //	    order.
+//	(e) call bound: a [Call] that took longer than its Bound, not counting
+//	    time its process could not run (freezes and recorded stalls), or
+//	    that never returned while its process lived (a call whose process
+//	    was killed, Died, is not judged).
+//	(f) error left held: a failed (or panicked) call after which the key
+//	    stayed locked by a session of the caller's process, with no lease
+//	    of the process on it or being acquired, for longer than the
+//	    server's release time (the caller records this as LeftHeld).
+//	(g) leaked lock: at a [Quiet] point (every worker idle, no fault in
+//	    progress) a session held a lock on a key of the run through the
+//	    settle time. The report names the pid, the application_name and the
+//	    last failed call of the owning process on that key.
 //
 // # What it does NOT prove
 //

@@ -52,6 +52,64 @@ type Lease struct {
 	// Estimated: some times were estimated from the local clock because the
 	// server could not be reached to read its clock.
 	Estimated bool `json:"estimated,omitempty"`
+	// Panicked: the critical section panicked at End (the holder stopped
+	// believing then); what became of the lock is for the liveness checks.
+	Panicked bool `json:"panicked,omitempty"`
+}
+
+// Call is one call into the lock library (Acquire, TryAcquire, Release,
+// WithLock, WithXactLock, Close) and how long it took against its
+// documented bound. A call is recorded when it starts (Done false) and
+// again when it returns; the last record of an ID wins, so a call that
+// never returned stays Done false.
+type Call struct {
+	ID   string `json:"id"`
+	Proc string `json:"proc"`
+	Op   string `json:"op"`
+	Key  string `json:"key,omitempty"`
+	// Wait is the wait the caller asked for (0 for a try).
+	Wait time.Duration `json:"wait,omitempty"`
+	// Start is the server time at the call (estimated from the local clock
+	// and the last measured offset: no round trip is added to the call).
+	Start time.Time `json:"start"`
+	// Took is the call's duration on the caller's monotonic clock, minus
+	// the time spent in the caller's own function (WithLock, WithXactLock).
+	Took time.Duration `json:"took,omitempty"`
+	// Bound is the longest the call may take by its documentation.
+	Bound time.Duration `json:"bound"`
+	Done  bool          `json:"done,omitempty"`
+	Err   string        `json:"err,omitempty"`
+	// Panicked: the caller's function panicked inside the call.
+	Panicked bool `json:"panicked,omitempty"`
+	// Died: the caller's process died (killed by the harness) before the
+	// call returned; no bound applies.
+	Died bool `json:"died,omitempty"`
+	// LeftHeld is set when, after the call failed (or panicked), the key
+	// stayed locked by a session of this process although no lease of the
+	// process held it or was being acquired, for the whole of Held.For.
+	LeftHeld *Held `json:"left_held,omitempty"`
+}
+
+// Held is one advisory lock on a key of the run held by a server session.
+type Held struct {
+	Key  string `json:"key"`
+	Proc string `json:"proc,omitempty"` // the process the session belongs to, when known
+	PID  int    `json:"pid"`
+	App  string `json:"app"` // the session's application_name
+	// For is how long it was seen held (it was held at the first look and
+	// at the last, For apart).
+	For time.Duration `json:"for,omitempty"`
+}
+
+// Quiet is a quiet point: every worker had ended every call and released
+// or lost every lease, and the server was asked which of the run's keys
+// were still locked. Held lists the locks that stayed held through the
+// settle time (each one is a leak).
+type Quiet struct {
+	At     time.Time     `json:"at"`
+	Settle time.Duration `json:"settle"`
+	Final  bool          `json:"final,omitempty"` // the end of the run
+	Held   []Held        `json:"held,omitempty"`
 }
 
 // Write is one fenced write attempt.
@@ -121,6 +179,11 @@ type History struct {
 	Leases []Lease
 	Writes []Write
 	Faults []Fault
+	Calls  []Call
+	Quiets []Quiet
+	// End is when the run ended (server time), if known: calls still
+	// running then are judged as running until End.
+	End time.Time
 }
 
 // record is one line of a history file.
@@ -128,6 +191,8 @@ type record struct {
 	Lease *Lease `json:"lease,omitempty"`
 	Write *Write `json:"write,omitempty"`
 	Fault *Fault `json:"fault,omitempty"`
+	Call  *Call  `json:"call,omitempty"`
+	Quiet *Quiet `json:"quiet,omitempty"`
 }
 
 // Recorder appends records to a writer, one JSON line per record, each in
@@ -165,6 +230,13 @@ func (r *Recorder) Write(w Write) { r.put(record{Write: &w}) }
 // Fault records f.
 func (r *Recorder) Fault(f Fault) { r.put(record{Fault: &f}) }
 
+// Call records c. A call is recorded when it starts and when it returns;
+// the last record of an ID wins.
+func (r *Recorder) Call(c Call) { r.put(record{Call: &c}) }
+
+// Quiet records q.
+func (r *Recorder) Quiet(q Quiet) { r.put(record{Quiet: &q}) }
+
 // Err returns the first write error.
 func (r *Recorder) Err() error {
 	r.mu.Lock()
@@ -176,10 +248,11 @@ func (r *Recorder) Err() error {
 type Reader struct {
 	h     History
 	index map[string]int // lease ID -> index in h.Leases
+	calls map[string]int // call ID -> index in h.Calls
 }
 
 // NewReader returns an empty Reader.
-func NewReader() *Reader { return &Reader{index: map[string]int{}} }
+func NewReader() *Reader { return &Reader{index: map[string]int{}, calls: map[string]int{}} }
 
 // Read adds the records of one file. A final line cut short (a process
 // killed while writing) is ignored; any other malformed line is an error.
@@ -230,8 +303,20 @@ func (rd *Reader) add(rec record) {
 		rd.h.Writes = append(rd.h.Writes, *rec.Write)
 	case rec.Fault != nil:
 		rd.h.Faults = append(rd.h.Faults, *rec.Fault)
+	case rec.Call != nil:
+		if i, ok := rd.calls[rec.Call.ID]; ok {
+			rd.h.Calls[i] = *rec.Call
+			return
+		}
+		rd.calls[rec.Call.ID] = len(rd.h.Calls)
+		rd.h.Calls = append(rd.h.Calls, *rec.Call)
+	case rec.Quiet != nil:
+		rd.h.Quiets = append(rd.h.Quiets, *rec.Quiet)
 	}
 }
+
+// AddQuiets adds quiet points observed by the harness.
+func (rd *Reader) AddQuiets(qs []Quiet) { rd.h.Quiets = append(rd.h.Quiets, qs...) }
 
 // History returns the merged history.
 func (rd *Reader) History() *History { return &rd.h }

@@ -26,7 +26,7 @@ func lost(l Lease, signalled float64) Lease {
 
 func expect(t *testing.T, r *Result, want map[string]int) {
 	t.Helper()
-	for _, c := range []string{CheckOverlap, CheckActedAfterLoss, CheckStaleAccepted, CheckUnreported, CheckTokenOrder} {
+	for _, c := range AllChecks {
 		if got := r.Count(c); got != want[c] {
 			t.Errorf("%s: %d violations, want %d; all: %v", c, got, want[c], r.Violations)
 		}
@@ -264,6 +264,9 @@ func TestRecorderAndReader(t *testing.T) {
 	l.End, l.Kind = at(5), Released
 	rec.Lease(l)
 	rec.Fault(Fault{Kind: "kill", Proc: "p2", TakesLocks: true, From: at(2), To: at(3)})
+	rec.Call(Call{ID: "p1-c1", Proc: "p1", Op: "Acquire", Start: at(1)})
+	rec.Call(Call{ID: "p1-c1", Proc: "p1", Op: "Acquire", Start: at(1), Done: true, Took: time.Millisecond})
+	rec.Quiet(Quiet{At: at(4)})
 	rec.Lease(lease("b", "p2", "k", 2, 6, 7, Open))
 	if rec.Err() != nil {
 		t.Fatal(rec.Err())
@@ -275,7 +278,8 @@ func TestRecorderAndReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := rd.History()
-	if len(h.Leases) != 1 || h.Leases[0].Kind != Released || !h.Leases[0].End.Equal(at(5)) || len(h.Writes) != 1 || len(h.Faults) != 1 {
+	if len(h.Leases) != 1 || h.Leases[0].Kind != Released || !h.Leases[0].End.Equal(at(5)) || len(h.Writes) != 1 || len(h.Faults) != 1 ||
+		len(h.Calls) != 1 || !h.Calls[0].Done || len(h.Quiets) != 1 {
 		t.Fatalf("read back %+v", h)
 	}
 	bad := append([]byte("{not json}\n"), data...)
@@ -289,4 +293,82 @@ func TestDurations(t *testing.T) {
 	if d.Max() != 10*time.Millisecond || d.Quantile(0.5) != 3*time.Millisecond || (Durations{}).Max() != 0 {
 		t.Fatalf("max %s p50 %s", d.Max(), d.Quantile(0.5))
 	}
+}
+
+// (e): a call that took longer than its bound, not counting time its
+// process could not run; a call that never returned; a call cut short by
+// its process's death is not judged.
+func TestCallBound(t *testing.T) {
+	ok := Call{ID: "p1-c1", Proc: "p1", Op: "Acquire", Key: "k", Wait: 20 * time.Millisecond, Start: at(0),
+		Took: 900 * time.Millisecond, Bound: time.Second, Done: true, Err: "lock busy"}
+	slow := ok
+	slow.ID, slow.Took = "p1-c2", 3*time.Second
+	r := Check(&History{Calls: []Call{ok, slow}})
+	expect(t, r, map[string]int{CheckCallBound: 1})
+	if r.Calls != 2 || r.FailedCalls != 2 || !strings.Contains(r.Violations[0].Msg, "took 3s") {
+		t.Fatalf("%+v %v", r, r.Violations)
+	}
+
+	// Its process was frozen for 2.5s of it: within the bound.
+	frozen := &History{Calls: []Call{slow}, Faults: []Fault{{Kind: "freeze", Proc: "p1", Frozen: true, From: at(100), To: at(100), Until: at(2600)}}}
+	expect(t, Check(frozen), nil)
+
+	// Never returned, with the history going on for 5s after it.
+	stuck := ok
+	stuck.ID, stuck.Done, stuck.Took = "p1-c3", false, 0
+	h := &History{Calls: []Call{stuck}, Leases: []Lease{lease("a", "p2", "k", 1, 10, 5000, Released)}}
+	r = Check(h)
+	expect(t, r, map[string]int{CheckCallBound: 1})
+	if !strings.Contains(r.Violations[0].Msg, "never returned") {
+		t.Fatalf("message %q", r.Violations[0].Msg)
+	}
+	h.Calls[0].Died = true
+	expect(t, Check(h), nil)
+
+	// The run's end, not only its last event, bounds a call still running.
+	h = &History{Calls: []Call{stuck}}
+	expect(t, Check(h), nil)
+	h.End = at(3000)
+	expect(t, Check(h), map[string]int{CheckCallBound: 1})
+}
+
+// (f): a failed call after which the key stayed locked by its process.
+func TestErrorLeftHeld(t *testing.T) {
+	c := Call{ID: "p1-c1", Proc: "p1", Op: "TryAcquire", Key: "k", Start: at(0), Took: time.Millisecond,
+		Bound: time.Second, Done: true, Err: "canceling statement due to user request (SQLSTATE 57014)",
+		LeftHeld: &Held{Key: "k", Proc: "p1", PID: 77, App: "pgbaton:p1~a:3", For: 8 * time.Second}}
+	r := Check(&History{Calls: []Call{c}})
+	expect(t, r, map[string]int{CheckErrorLeftHeld: 1})
+	if !strings.Contains(r.Violations[0].Msg, "pid 77 (pgbaton:p1~a:3)") {
+		t.Fatalf("message %q", r.Violations[0].Msg)
+	}
+	c.LeftHeld = nil
+	expect(t, Check(&History{Calls: []Call{c}}), nil)
+}
+
+// (g): a lock held at a quiet point, blamed on the last failed call of the
+// holding process on that key.
+func TestLeakedLock(t *testing.T) {
+	calls := []Call{
+		{ID: "p1-c1", Proc: "p1", Op: "Acquire", Key: "k", Start: at(0), Took: time.Millisecond, Bound: time.Second, Done: true, Err: "lock busy"},
+		{ID: "p1-c2", Proc: "p1", Op: "WithXactLock", Key: "k", Start: at(5), Took: time.Millisecond, Bound: time.Second, Done: true, Panicked: true},
+		{ID: "p1-c3", Proc: "p1", Op: "Acquire", Key: "k", Start: at(200), Took: time.Millisecond, Bound: time.Second, Done: true, Err: "later"},
+		{ID: "p2-c1", Proc: "p2", Op: "Acquire", Key: "k", Start: at(6), Took: time.Millisecond, Bound: time.Second, Done: true, Err: "other process"},
+	}
+	q := Quiet{At: at(100), Settle: time.Second, Held: []Held{{Key: "k", Proc: "p1", PID: 9, App: "pgbaton:p1~b:1", For: time.Second}}}
+	r := Check(&History{Calls: calls, Quiets: []Quiet{q, {At: at(300)}}})
+	expect(t, r, map[string]int{CheckLeakedLock: 1})
+	if r.QuietPoints != 2 || r.Panics != 1 || !strings.Contains(r.Violations[0].Msg, "WithXactLock") {
+		t.Fatalf("%+v %v", r, r.Violations)
+	}
+	expect(t, Check(&History{Calls: calls, Quiets: []Quiet{{At: at(100)}}}), nil)
+}
+
+// A panicked critical section is not an unreported loss when a fault hit
+// it: the liveness checks judge what became of its lock.
+func TestPanickedLeaseNotUnreported(t *testing.T) {
+	l := lease("a", "p1", "k", 1, 0, 50, Released)
+	l.Panicked = true
+	h := &History{Leases: []Lease{l}, Faults: []Fault{{Kind: "restart", All: true, TakesLocks: true, From: at(10), To: at(20)}}}
+	expect(t, Check(h), nil)
 }
