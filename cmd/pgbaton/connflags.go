@@ -8,11 +8,12 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgbaton/pgbaton"
 )
 
 // connFlags is the connection part of the command line of locks, check and
@@ -67,30 +68,9 @@ func (c *connFlags) connect(ctx context.Context, cmd string) (*pgx.Conn, error) 
 	return conn, nil
 }
 
-var (
-	kvPassword  = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]*)`)
-	urlPassword = regexp.MustCompile(`(?i)([a-z][a-z0-9+.-]*://[^:/@\s]*:)([^@\s]*)(@)`)
-	qPassword   = regexp.MustCompile(`(?i)([?&]password=)([^&\s]*)`)
-)
-
 // redactDSN replaces the password of a URL or key=value connection string
 // with xxxxx.
-func redactDSN(s string) string {
-	if u, err := url.Parse(s); err == nil && u.Scheme != "" && u.User != nil {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		}
-		q := u.Query()
-		if q.Has("password") {
-			q.Set("password", "xxxxx")
-			u.RawQuery = q.Encode()
-		}
-		return u.String()
-	}
-	s = urlPassword.ReplaceAllString(s, "${1}xxxxx${3}")
-	s = qPassword.ReplaceAllString(s, "${1}xxxxx")
-	return kvPassword.ReplaceAllString(s, "${1}xxxxx")
-}
+func redactDSN(s string) string { return pgbaton.RedactConnString(s) }
 
 // redactedError keeps the chain (errors.Is/As still see the cause) but
 // prints a message with the password removed.
