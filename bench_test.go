@@ -1007,7 +1007,7 @@ func BenchmarkLossDetection(b *testing.B) {
 		admin := benchPgx(b, dsn, nil)
 		l := benchLocker(b, dsn, nil)
 		benchLoss(b, l, func(ls *Lease) (time.Time, func(time.Time)) {
-			_, pid := ls.Conn()
+			_, pid := ls.Session()
 			t0 := time.Now()
 			if _, err := admin.Exec(context.Background(), "SELECT pg_terminate_backend($1)", int(pid)); err != nil {
 				b.Fatal(err)

@@ -42,7 +42,7 @@ func TestMaxHeldKeysAndPerConnCap(t *testing.T) {
 	held = append(held[1:], ls)
 	perConn := map[uint32]int{}
 	for _, ls := range held {
-		_, pid := ls.Conn()
+		_, pid := ls.Session()
 		perConn[pid]++
 	}
 	for pid, n := range perConn {

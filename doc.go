@@ -37,7 +37,9 @@
 // application's pool ([NewPool] builds one that fails fast when exhausted).
 // [Check] reports the connection budget and the settings that can end lock
 // sessions. Code that takes locks should depend on [Interface], which the
-// in-memory fake of package pgbatontest also implements.
+// in-memory fake of package pgbatontest also implements ([NewLease],
+// [Backend], [LeaseInfo], [AcquireOptions] and [ResolveOptions] exist for
+// such implementations only).
 //
 // [Locker.WithLock] and [Locker.WithXactLock] release the lock when their
 // function returns, and also when it panics or calls runtime.Goexit

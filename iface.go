@@ -2,7 +2,6 @@ package pgbaton
 
 import (
 	"context"
-	"time"
 )
 
 // Interface is what application code should depend on to take locks, so
@@ -28,27 +27,6 @@ type Interface interface {
 }
 
 var _ Interface = (*Locker)(nil)
-
-// AcquireOptions is the resolved form of a list of [Option] values, for
-// implementations of [Interface] outside this package.
-type AcquireOptions struct {
-	Mode Mode
-	// Wait is the bound of a wait; meaningful only when HasWait is true
-	// (without a Wait option the implementation uses its default).
-	Wait    time.Duration
-	HasWait bool
-}
-
-// ResolveOptions applies opts in order, as TryAcquire and Acquire do.
-func ResolveOptions(opts ...Option) AcquireOptions {
-	var o acquireOptions
-	for _, opt := range opts {
-		if opt != nil {
-			opt.apply(&o)
-		}
-	}
-	return AcquireOptions{Mode: o.mode, Wait: o.wait, HasWait: o.hasWait}
-}
 
 // Validate returns nil for a usable key, or an error matching
 // [ErrInvalidKey] that says what is wrong and how to build a valid one.

@@ -49,11 +49,11 @@ func KeyName(name string) Key {
 	if name == "" || len(name) > MaxKeyNameLen || !utf8.ValidString(name) {
 		return Key{name: name}
 	}
-	return Key{name: name, space: spaceInt64, id: NameID(name)}
+	return Key{name: name, space: spaceInt64, id: nameID(name)}
 }
 
-// NameID returns the int8 key that [KeyName] derives from name.
-func NameID(name string) int64 {
+// nameID is the int8 key that KeyName derives from name.
+func nameID(name string) int64 {
 	sum := sha256.Sum256([]byte(name))
 	return int64(binary.BigEndian.Uint64(sum[:8]))
 }

@@ -60,43 +60,15 @@ func (ls *Lease) Err() error {
 	return ls.err
 }
 
-// Conn returns the application_name and backend pid of the lock connection
-// holding the lease, for logs and inspection.
-func (ls *Lease) Conn() (applicationName string, backendPID uint32) { return ls.holder, ls.pid }
+// Session names the PostgreSQL session holding the lease: its
+// application_name (pgbaton:<instance>:<n>) and backend pid, as pg_locks and
+// pg_stat_activity show them, for logs and inspection.
+func (ls *Lease) Session() (applicationName string, backendPID uint32) { return ls.holder, ls.pid }
 
 // Token returns the lease's fencing token: a number that strictly increases
 // per key across every grant, so a resource can reject writes from an older
 // holder. ok is false when the Locker has no fencing schema.
 func (ls *Lease) Token() (token int64, ok bool) { return ls.token, ls.hasToken }
-
-// Backend lets lock implementations other than [Locker] (such as the
-// in-memory fake in package pgbatontest) hand out Leases with the same
-// semantics. Application code never implements it.
-type Backend interface {
-	// Unlock releases ls's lock and reports whether it was still held.
-	Unlock(ls *Lease) (held bool, err error)
-	// Forget drops ls from the backend's records and reports whether it was
-	// still there; false means the backend already reported it lost.
-	Forget(ls *Lease) bool
-}
-
-// LeaseInfo describes a lease made by [NewLease].
-type LeaseInfo struct {
-	Key      Key
-	Mode     Mode
-	Token    int64
-	HasToken bool
-	Holder   string // shown by Conn
-	Logger   *slog.Logger
-}
-
-// NewLease makes a held Lease for a [Backend]. The returned lose function
-// ends it as lost with the given cause (it is idempotent).
-func NewLease(info LeaseInfo, b Backend) (*Lease, func(cause error)) {
-	ls := newLease(b, info.Key, info.Mode, info.Holder, 0, info.Logger)
-	ls.token, ls.hasToken = info.Token, info.HasToken
-	return ls, ls.lose
-}
 
 func newLease(b Backend, key Key, mode Mode, holder string, pid uint32, log *slog.Logger) *Lease {
 	if log == nil {

@@ -33,7 +33,7 @@ func TestTryAcquireBusyAndRelease(t *testing.T) {
 		t.Fatalf("second holder: err = %v, want a remote *NotAcquiredError for %q", err, k)
 	}
 	admin := adminConn(t, dsn)
-	_, pid := ls.Conn()
+	_, pid := ls.Session()
 	if hs := holders(t, admin, k); len(hs) != 1 || hs[0].PID != int(pid) || hs[0].Mode != "ExclusiveLock" {
 		t.Fatalf("pg_locks = %+v, want one ExclusiveLock held by pid %d", hs, pid)
 	}

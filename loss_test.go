@@ -38,8 +38,8 @@ func TestLossOnTerminateBackend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, pidA := a.Conn()
-	if _, pidB := b.Conn(); pidA != pidB {
+	_, pidA := a.Session()
+	if _, pidB := b.Session(); pidA != pidB {
 		t.Fatalf("want both leases on one connection, got pids %d and %d", pidA, pidB)
 	}
 	if err := cl.TerminateBackend(ctx, int(pidA)); err != nil {
@@ -334,7 +334,7 @@ func TestReleaseRacingConnectionLoss(t *testing.T) {
 			}
 			leases = append(leases, ls)
 		}
-		_, pid := leases[0].Conn()
+		_, pid := leases[0].Session()
 		results := make(chan error, len(leases))
 		for _, ls := range leases {
 			go func() { results <- ls.Release() }()

@@ -81,8 +81,8 @@ func TestNamesRecorded(t *testing.T) {
 		got[r.Name] = r
 	}
 	for name, want := range map[string]nameRow{
-		"names.lease": {Form: "int8", ID: NameID("names.lease"), Instance: "names-1"},
-		"names.xact":  {Form: "int8", ID: NameID("names.xact"), Instance: "names-1"},
+		"names.lease": {Form: "int8", ID: KeyName("names.lease").ID(), Instance: "names-1"},
+		"names.xact":  {Form: "int8", ID: KeyName("names.xact").ID(), Instance: "names-1"},
 		"names.pair":  {Form: "pair", ID: pair.ID(), Instance: "names-1"},
 	} {
 		g, ok := got[name]

@@ -70,7 +70,7 @@ func TestObserverSeesEveryOutcome(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, pid := ls.Conn()
+	_, pid := ls.Session()
 	if err := cl.TerminateBackend(ctx, int(pid)); err != nil {
 		t.Fatal(err)
 	}

@@ -111,7 +111,7 @@ func TestPgBouncerSessionModeOptIn(t *testing.T) {
 	if _, err := l2.TryAcquire(ctx, k); !errors.Is(err, ErrNotAcquired) {
 		t.Fatalf("second Locker: %v, want ErrNotAcquired", err)
 	}
-	_, pid := ls.Conn()
+	_, pid := ls.Session()
 	hs := holders(t, adminConn(t, direct), k)
 	if len(hs) != 1 || hs[0].PID != int(pid) {
 		t.Fatalf("pg_locks holders %+v, want the lease's backend pid %d (the server's, not PgBouncer's)", hs, pid)
@@ -124,7 +124,7 @@ func TestPgBouncerSessionModeOptIn(t *testing.T) {
 		t.Fatalf("second Locker after release: %v", err)
 	}
 	// Loss is not silent behind a session pooler either.
-	_, pid = ls2.Conn()
+	_, pid = ls2.Session()
 	if err := pgtest.Shared().TerminateBackend(ctx, int(pid)); err != nil {
 		t.Fatal(err)
 	}

@@ -145,13 +145,6 @@ func (o acquireOptions) validate() error {
 	return nil
 }
 
-// Validate checks options as [Locker] does: an unknown Mode or a negative
-// Wait returns an error matching [ErrInvalidOption]. Implementations of
-// [Interface] call it so that every entry point refuses the same input.
-func (o AcquireOptions) Validate() error {
-	return acquireOptions{mode: o.Mode, wait: o.Wait, hasWait: o.HasWait}.validate()
-}
-
 // pickEmptyUntil waits, bounded, for a lock connection with no leases.
 func (l *Locker) pickEmptyUntil(ctx context.Context, deadline time.Time) (*lockConn, error) {
 	for {

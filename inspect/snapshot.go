@@ -396,7 +396,7 @@ func lookupNames(ctx context.Context, q Querier, s *Snapshot, o Options, m meta)
 		}
 	}
 	for _, n := range o.Names {
-		add(1, pgbaton.NameID(n), n, SourceFlag)
+		add(1, pgbaton.KeyName(n).ID(), n, SourceFlag)
 	}
 	if len(s.Keys) == 0 {
 		return nil
@@ -439,7 +439,7 @@ func lookupNames(ctx context.Context, q Querier, s *Snapshot, o Options, m meta)
 				if err = rows.Scan(&job); err != nil {
 					break
 				}
-				add(1, pgbaton.NameID("periodic:"+job), "periodic:"+job, SourcePeriodic)
+				add(1, pgbaton.KeyName("periodic:"+job).ID(), "periodic:"+job, SourcePeriodic)
 			}
 			rows.Close()
 			if err == nil {
@@ -479,7 +479,7 @@ func periodicRuns(ctx context.Context, q Querier, s *Snapshot, qs string, idx ma
 		if !ok {
 			continue
 		}
-		if key != pgbaton.NameID("periodic:"+job) {
+		if key != pgbaton.KeyName("periodic:"+job).ID() {
 			add(1, key, "periodic:"+job+"@"+tick.UTC().Format("2006-01-02T15:04:05.999999Z"), SourcePeriodic)
 		}
 		if started == nil {

@@ -259,7 +259,7 @@ func TestPgbatonHolders(t *testing.T) {
 	}()
 	<-inXact
 	frozen := connect(t, dsn, "pgbaton:api-2:1")
-	if _, err := frozen.Exec(ctx, "SELECT pg_advisory_lock($1)", pgbaton.NameID("orders.frozen")); err != nil {
+	if _, err := frozen.Exec(ctx, "SELECT pg_advisory_lock($1)", pgbaton.KeyName("orders.frozen").ID()); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the frozen connection to be silent for 50ms", func() bool {
@@ -373,23 +373,23 @@ func TestNamesFromRegistryAndPeriodic(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := admin.Exec(ctx, `INSERT INTO pgbaton.periodic_runs (job, tick, through_tick, status, kind, instance, started_at, lock_key)
-		VALUES ('nightly', now(), now(), 'running', 'scheduled', 'w-1', $1, $2)`, started, pgbaton.NameID("periodic:nightly")); err != nil {
+		VALUES ('nightly', now(), now(), 'running', 'scheduled', 'w-1', $1, $2)`, started, pgbaton.KeyName("periodic:nightly").ID()); err != nil {
 		t.Fatal(err)
 	}
 	reg := connect(t, dsn, "legacy-app")
 	job := connect(t, dsn, "pgbaton:w-1:1")
-	if _, err := reg.Exec(ctx, "SELECT pg_advisory_lock($1)", pgbaton.NameID("orders.registry")); err != nil {
+	if _, err := reg.Exec(ctx, "SELECT pg_advisory_lock($1)", pgbaton.KeyName("orders.registry").ID()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := job.Exec(ctx, "SELECT pg_advisory_lock($1)", pgbaton.NameID("periodic:nightly")); err != nil {
+	if _, err := job.Exec(ctx, "SELECT pg_advisory_lock($1)", pgbaton.KeyName("periodic:nightly").ID()); err != nil {
 		t.Fatal(err)
 	}
 	s := take(t, admin, inspect.Options{})
-	r := findKey(t, s, inspect.FormInt8, pgbaton.NameID("orders.registry"))
+	r := findKey(t, s, inspect.FormInt8, pgbaton.KeyName("orders.registry").ID())
 	if r.Name != "orders.registry" || r.NameSource != inspect.SourceRegistry || r.Holders[0].HeldSince != nil {
 		t.Errorf("registry key %+v", r)
 	}
-	p := findKey(t, s, inspect.FormInt8, pgbaton.NameID("periodic:nightly"))
+	p := findKey(t, s, inspect.FormInt8, pgbaton.KeyName("periodic:nightly").ID())
 	if p.Name != "periodic:nightly" || p.NameSource != inspect.SourcePeriodic {
 		t.Errorf("periodic key %q from %q", p.Name, p.NameSource)
 	}

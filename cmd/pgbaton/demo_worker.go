@@ -175,7 +175,7 @@ func (w *demoWorker) run(ctx context.Context, stdin io.Reader) error {
 // hold keeps the lease for a random time (or, in keep mode, until it is
 // lost), then releases it.
 func (w *demoWorker) hold(ctx context.Context, lease *pgbaton.Lease, waited time.Duration) {
-	app, backend := lease.Conn()
+	app, backend := lease.Session()
 	keep := w.keep.Load()
 	w.emit(event{Kind: evGranted, T: lease.AcquiredAt().UnixNano(), App: app, Backend: backend, Waited: waited, Keep: keep})
 	var expire <-chan time.Time

@@ -46,11 +46,11 @@ func leakThroughPool(t *testing.T, dsn, name string) int {
 	}
 	defer a.Release()
 	defer b.Release()
-	if _, err := a.Exec(ctx, "SELECT pg_advisory_lock($1)", pgbaton.NameID(name)); err != nil {
+	if _, err := a.Exec(ctx, "SELECT pg_advisory_lock($1)", pgbaton.KeyName(name).ID()); err != nil {
 		t.Fatal(err)
 	}
 	var ok bool
-	if err := b.QueryRow(ctx, "SELECT pg_advisory_unlock($1)", pgbaton.NameID(name)).Scan(&ok); err != nil || ok {
+	if err := b.QueryRow(ctx, "SELECT pg_advisory_unlock($1)", pgbaton.KeyName(name).ID()).Scan(&ok); err != nil || ok {
 		t.Fatalf("unlock elsewhere: %v %v", ok, err)
 	}
 	return int(a.Conn().PgConn().PID())

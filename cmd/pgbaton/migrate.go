@@ -157,7 +157,7 @@ func migrationSQL(schema, role, inspector string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "-- pgbaton schema %s: every migration, in one transaction (what 'pgbaton migrate up' runs).\n", schema)
 	b.WriteString("BEGIN;\n")
-	fmt.Fprintf(&b, "SELECT pg_advisory_xact_lock(%d); -- the migration lock, as Migrate takes it\n", pgbaton.NameID("pgbaton.migrate:"+schema))
+	fmt.Fprintf(&b, "SELECT pg_advisory_xact_lock(%d); -- the migration lock, as Migrate takes it\n", pgbaton.KeyName("pgbaton.migrate:"+schema).ID())
 	fmt.Fprintf(&b, "CREATE SCHEMA IF NOT EXISTS %s;\n", q)
 	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s.migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());\n", q)
 	for _, m := range pgbaton.Migrations() {

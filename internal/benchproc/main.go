@@ -50,7 +50,7 @@ func newLocker(ctx context.Context, impl, dsn string, key int64, wait time.Durat
 				return err
 			},
 			unlock:  func() error { return ls.Release() },
-			backend: func() uint32 { _, pid := ls.Conn(); return pid },
+			backend: func() uint32 { _, pid := ls.Session(); return pid },
 			close:   func() { _ = l.Close() },
 		}, nil
 	case "pgx":

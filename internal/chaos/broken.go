@@ -73,7 +73,7 @@ func (w *worker) write(l history.Lease, key string, tok int64) {
 // pool, work done, and the unlock sent through the pool too, where it may
 // land on another connection.
 func (w *worker) poolLockOnce(ctx context.Context, key string) {
-	id := pgbaton.NameID(key)
+	id := pgbaton.KeyName(key).ID()
 	before, ok0 := w.now(ctx)
 	var ok bool
 	var tok *int64
@@ -138,7 +138,7 @@ func (w *worker) dialRaw(ctx context.Context, g int) (*rawConn, error) {
 // its one deliberate bug, so that the checker's verdict names that bug.
 func (w *worker) rawOnce(ctx context.Context, r *rawConn) {
 	key := w.randKey()
-	id := pgbaton.NameID(key)
+	id := pgbaton.KeyName(key).ID()
 	b := defaultBounds
 	w.begin(key)
 	before, ok0 := w.now(ctx)

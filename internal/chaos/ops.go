@@ -277,7 +277,7 @@ func (w *worker) holdLease(ctx context.Context, li int, b bounds, lease *pgbaton
 	grant, ok1 := w.now(ctx)
 	w.holding(key, li)
 	tok, hasTok := lease.Token()
-	_, pid := lease.Conn()
+	_, pid := lease.Session()
 	l := history.Lease{
 		ID: fmt.Sprintf("%s-%d", w.cfg.Proc, w.seq.Add(1)), Proc: w.cfg.Proc, Key: key,
 		Token: tok, HasToken: hasTok, PID: int(pid), Before: before, Grant: grant,
@@ -513,7 +513,7 @@ ORDER BY l.pid`
 // heldByProc lists this process's lock sessions that hold key (nil if the
 // server cannot be asked).
 func (w *worker) heldByProc(ctx context.Context, key string) []history.Held {
-	id := pgbaton.NameID(key)
+	id := pgbaton.KeyName(key).ID()
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	rows, err := w.clock.Query(qctx, heldByProcSQL, int64(uint64(id)>>32), int64(uint32(id)), "pgbaton:"+w.cfg.Proc+"~%")
@@ -546,7 +546,7 @@ func (w *worker) checkLeft(ctx context.Context, call *history.Call, key string) 
 	if len(held) == 0 {
 		return
 	}
-	id := pgbaton.NameID(key)
+	id := pgbaton.KeyName(key).ID()
 	w.mu.Lock()
 	fresh := false
 	for _, h := range held {

@@ -211,7 +211,7 @@ func (s *suite) setup(ctx context.Context) error {
 	for i := range s.o.Keys {
 		k := fmt.Sprintf("chaos/key-%d", i)
 		s.keys = append(s.keys, k)
-		id := pgbaton.NameID(k)
+		id := pgbaton.KeyName(k).ID()
 		s.keyOf[[2]int64{int64(uint64(id) >> 32), int64(uint32(id))}] = k
 		if _, err := conn.Exec(ctx, "INSERT INTO chaos_resource (key) VALUES ($1)", k); err != nil {
 			return err
