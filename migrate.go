@@ -335,24 +335,15 @@ func (m migrator) holder(ctx context.Context, conn *pgx.Conn) (int, string) {
 	return pid, app
 }
 
-// Migrate runs [MigrateWithOptions] on a short-lived connection made from
-// the Locker's connection settings, in Config.Schema, waiting at most
-// Config.AcquireTimeout for the migration lock. Lock connections opened
-// afterwards hand out fencing tokens; existing ones keep their state until
-// they close.
+// Migrate is the package function [MigrateWithOptions] with the Locker's
+// settings, for services that migrate at start-up: it runs on a short-lived
+// connection made from the Locker's connection settings, in Config.Schema,
+// waiting at most Config.AcquireTimeout for the migration lock. (The package
+// functions take a connection, for tools, tests and other schemas.) Lock
+// connections opened afterwards hand out fencing tokens; existing ones keep
+// their state until they close.
 func (l *Locker) Migrate(ctx context.Context) error {
-	return l.MigrateWithOptions(ctx, MigrateOptions{})
-}
-
-// MigrateWithOptions is [Locker.Migrate] with options; an empty Schema means
-// Config.Schema and a zero LockTimeout means Config.AcquireTimeout.
-func (l *Locker) MigrateWithOptions(ctx context.Context, opts MigrateOptions) error {
-	if opts.Schema == "" {
-		opts.Schema = l.cfg.Schema
-	}
-	if opts.LockTimeout == 0 {
-		opts.LockTimeout = l.cfg.AcquireTimeout
-	}
+	opts := MigrateOptions{Schema: l.cfg.Schema, LockTimeout: l.cfg.AcquireTimeout}
 	if err := context.Cause(ctx); err != nil {
 		return err
 	}
