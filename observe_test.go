@@ -1,6 +1,7 @@
 package pgbaton
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"testing"
@@ -48,6 +49,14 @@ func TestObserverSeesEveryOutcome(t *testing.T) {
 	evs := log.take()
 	if len(evs) != 2 || evs[0].Kind != EventAcquire || evs[0].Outcome != OutcomeAcquired || evs[1].Kind != EventRelease || evs[1].Key != k {
 		t.Fatalf("acquire+release events = %+v", evs)
+	}
+
+	if err := l.WithXactLock(ctx, k, func(context.Context) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	evs = log.take()
+	if len(evs) != 2 || evs[0].Outcome != OutcomeAcquired || evs[1].Kind != EventRelease {
+		t.Fatalf("WithXactLock events = %+v", evs)
 	}
 
 	h, err := other.TryAcquire(ctx, k)

@@ -62,49 +62,11 @@ func (l *Locker) WithXactLock(ctx context.Context, key Key, fn func(ctx context.
 		return err
 	}
 	start := time.Now()
-	deadline := start.Add(o.wait)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	if err := l.reserveWait(ctx, key, o, start, deadline); err != nil {
+	ls, c, b, err := l.beginXact(ctx, key, o, start)
+	l.observeAcquire(key, o.mode, start, err)
+	if err != nil {
 		return err
 	}
-	c, err := l.pickEmptyUntil(ctx, deadline)
-	if err != nil {
-		l.unreserve(key.ident())
-		return err
-	}
-	token, err := c.beginXactLock(ctx, l.closeCtx, key, o.mode, time.Until(deadline))
-	if err == nil {
-		err = c.refresh()
-	}
-	if err != nil {
-		l.done(c)
-		l.unreserve(key.ident())
-		switch {
-		case isCode(err, "55P03"):
-			return l.busy(key, o.mode, time.Since(start), false)
-		case context.Cause(ctx) != nil && c.failedErr() == nil:
-			return l.waitEnded(ctx, key, o.mode, time.Since(start), context.Cause(ctx))
-		case l.closeCtx.Err() != nil:
-			return ErrLockerClosed
-		}
-		return l.lockErr(key, err)
-	}
-	b := xactBackend{c: c, rollback: new(atomic.Bool)}
-	ls := newLease(b, key, o.mode, c.name, c.pid, l.log)
-	ls.token, ls.hasToken = token, c.fence != ""
-	l.mu.Lock()
-	if c.dead {
-		l.unreserveLocked(key.ident())
-		l.mu.Unlock()
-		l.done(c)
-		return l.lockErr(key, c.failedErr())
-	}
-	c.addLeaseLocked(ls)
-	l.mu.Unlock()
-	l.stats.acquired.Add(1)
-	l.noteName(key)
 
 	fctx, cancel := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(ls.Context(), func() { cancel(context.Cause(ls.Context())) })
@@ -128,6 +90,56 @@ func (l *Locker) WithXactLock(ctx context.Context, key Key, fn func(ctx context.
 	rerr := ls.Release() // COMMIT
 	l.done(c)
 	return errors.Join(ferr, rerr)
+}
+
+// beginXact takes key in a transaction on a lock connection: the
+// acquisition half of WithXactLock.
+func (l *Locker) beginXact(ctx context.Context, key Key, o acquireOptions, start time.Time) (*Lease, *lockConn, xactBackend, error) {
+	deadline := start.Add(o.wait)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := l.reserveWait(ctx, key, o, start, deadline); err != nil {
+		return nil, nil, xactBackend{}, err
+	}
+	c, err := l.pickEmptyUntil(ctx, deadline)
+	if err != nil {
+		l.unreserve(key.ident())
+		return nil, nil, xactBackend{}, err
+	}
+	token, err := c.beginXactLock(ctx, l.closeCtx, key, o.mode, time.Until(deadline))
+	if err == nil {
+		err = c.refresh()
+	}
+	if err != nil {
+		l.done(c)
+		l.unreserve(key.ident())
+		switch {
+		case isCode(err, "55P03"):
+			return nil, nil, xactBackend{}, l.busy(key, o.mode, time.Since(start), false)
+		case context.Cause(ctx) != nil && c.failedErr() == nil:
+			return nil, nil, xactBackend{}, l.waitEnded(ctx, key, o.mode, time.Since(start), context.Cause(ctx))
+		case l.closeCtx.Err() != nil:
+			return nil, nil, xactBackend{}, ErrLockerClosed
+		}
+		return nil, nil, xactBackend{}, l.lockErr(key, err)
+	}
+	b := xactBackend{c: c, rollback: new(atomic.Bool)}
+	ls := newLease(b, key, o.mode, c.name, c.pid, l.log)
+	ls.token, ls.hasToken = token, c.fence != ""
+	ls.observe = l.cfg.Observer
+	l.mu.Lock()
+	if c.dead {
+		l.unreserveLocked(key.ident())
+		l.mu.Unlock()
+		l.done(c)
+		return nil, nil, xactBackend{}, l.lockErr(key, c.failedErr())
+	}
+	c.addLeaseLocked(ls)
+	l.mu.Unlock()
+	l.stats.acquired.Add(1)
+	l.noteName(key)
+	return ls, c, b, nil
 }
 
 // errFnAborted is the cause of fn's context when fn panicked or called
