@@ -31,6 +31,24 @@
 // sql" needs no connection: it prints the schema as one transaction and the
 // GRANTs a least-privilege application role needs.
 //
+// # exec
+//
+// "pgbaton exec KEY -- CMD" is flock(1) for a cluster: CMD runs only while
+// this process holds the advisory lock KEY. It runs without a shell, in a
+// process group of its own (SIGINT, SIGTERM and SIGHUP are forwarded to the
+// group), with PGBATON_KEY, PGBATON_KEY_ID, PGBATON_INSTANCE and, when the
+// schema exists, PGBATON_FENCING_TOKEN. On a lost lease the group gets
+// SIGTERM, then SIGKILL after -kill-after, which must stay below the margin
+// ServerReleaseTimeout - LeaseTimeout - HeartbeatInterval (about 1 s with
+// the defaults): the command is stopped before the server can give the lock
+// to anyone else, except when this process itself is frozen. On Linux the
+// command is started with a parent-death signal (SIGKILL), from a thread
+// locked for its lifetime, so it dies with pgbaton. Exit statuses follow
+// timeout(1): the command's own; 75 busy; 124 lock lost; 125 pgbaton failed;
+// 126 cannot execute; 127 not found; 128+N killed by signal N. Not
+// guaranteed: grandchildren that leave the process group (setsid, daemons)
+// are not signalled, and outside Linux there is no parent-death signal.
+//
 // # Why the standard flag package
 //
 // Every subcommand parses its own flag.FlagSet, the layout litestream uses.
