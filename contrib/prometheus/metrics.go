@@ -311,8 +311,12 @@ func (m *Metrics) watch(set map[*watched]struct{}, w *watched) (unwatch func()) 
 	}
 }
 
-// label makes s a bounded, valid label value.
+// label makes s a bounded, valid label value; an empty value (a key named
+// ":x") would read as no label at all, so it becomes "none".
 func label(s string) string {
+	if s == "" {
+		return "none"
+	}
 	if !utf8.ValidString(s) {
 		s = strings.ToValidUTF8(s, "\uFFFD")
 	}
