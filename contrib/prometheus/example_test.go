@@ -2,6 +2,7 @@ package prometheus_test
 
 import (
 	"context"
+	"fmt"
 	"log"
 	"net/http"
 	"os"
@@ -63,6 +64,9 @@ func ExampleMetrics_Observe() {
 
 // Keys named "<family>:<id>" count under their family, never their ID.
 func ExampleKeyFamily() {
-	log.Print(pgbatonprom.KeyFamily(pgbaton.KeyName("incident.dedupe-open-for-system:" + "4f1c")))
-	// logs "incident.dedupe-open-for-system"
+	fmt.Println(pgbatonprom.KeyFamily(pgbaton.KeyName("incident.dedupe-open-for-system:" + "4f1c")))
+	fmt.Println(pgbatonprom.KeyFamily(pgbaton.KeyInt64(42)))
+	// Output:
+	// incident.dedupe-open-for-system
+	// int8
 }
