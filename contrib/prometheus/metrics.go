@@ -332,15 +332,21 @@ func label(s string) string {
 
 // bounded maps label values to their metrics, creating at most max of
 // them; later values share the metrics of [Other]. The fast path is one
-// atomic load and a map lookup, without allocation.
+// atomic load and a map lookup, without allocation. Values beyond the bound
+// are remembered too (pointing to Other), up to overflowFactor*max of them,
+// so that a steady set of extra families stays on the fast path; past that
+// they take a mutex each time, and memory stays bounded whatever callers
+// send.
 type bounded[T any] struct {
 	max   int
 	make  func(label string) *T
 	known atomic.Pointer[map[string]*T] // copied on write
 	mu    sync.Mutex
-	n     int
+	n     int // distinct values with series of their own
 	other *T
 }
+
+const overflowFactor = 4
 
 func (b *bounded[T]) get(value string) *T {
 	if m := b.known.Load(); m != nil {
@@ -351,20 +357,27 @@ func (b *bounded[T]) get(value string) *T {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	old := b.known.Load()
+	size := 0
 	if old != nil {
 		if t, ok := (*old)[value]; ok {
 			return t
 		}
+		size = len(*old)
 	}
-	if b.n >= b.max {
-		// Not remembered: the map stays bounded whatever the callers send.
+	var t *T
+	if b.n < b.max {
+		t = b.make(label(value))
+		b.n++
+	} else {
 		if b.other == nil {
 			b.other = b.make(Other)
 		}
-		return b.other
+		t = b.other
+		if size >= (overflowFactor+1)*b.max {
+			return t
+		}
 	}
-	t := b.make(label(value))
-	next := make(map[string]*T, b.n+1)
+	next := make(map[string]*T, size+1)
 	if old != nil {
 		for k, v := range *old {
 			next[k] = v
@@ -372,6 +385,5 @@ func (b *bounded[T]) get(value string) *T {
 	}
 	next[value] = t
 	b.known.Store(&next)
-	b.n++
 	return t
 }
