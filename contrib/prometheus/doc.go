@@ -58,7 +58,9 @@
 //     first ':', "int8" or "pair" for raw keys; at most MaxLabelLen bytes of
 //     valid UTF-8. At most Options.MaxFamilies values (default 50); later
 //     families count under "other". Name keys "<family>:<id>" to get one
-//     family per kind of lock.
+//     family per kind of lock. The leases of periodic's lease-mode jobs
+//     (keys "periodic:<job>") count under "periodic"; its transaction-mode
+//     locks do not go through the Locker and are not lock events.
 //   - job is the job's name, at most Options.MaxJobs values (default 100).
 //   - mode, outcome, cause, status and reason take the values listed above.
 //
