@@ -30,6 +30,7 @@ build:
 lint:
 	@test -x $(BIN)/golangci-lint || GOBIN=$(BIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@latest
 	$(BIN)/golangci-lint run ./...
+	for m in contrib/*/go.mod; do (cd $$(dirname $$m) && $(BIN)/golangci-lint run ./...) || exit 1; done
 
 ## bench: the benchmarks behind BENCHMARKS.md, several runs, medians.
 bench:
