@@ -70,8 +70,10 @@ type Job struct {
 	// NextTick is the first tick after the refresh (nil when the schedule
 	// text could not be read back, or the scheduler's Health said
 	// otherwise).
-	NextTick    *time.Time `json:"next_tick,omitempty"`
-	LastTick    *time.Time `json:"last_tick,omitempty"`
+	NextTick *time.Time `json:"next_tick,omitempty"`
+	LastTick *time.Time `json:"last_tick,omitempty"`
+	// LastStatus is the status of the latest recorded tick's row.
+	LastStatus  string     `json:"last_status,omitempty"`
 	LastSuccess *time.Time `json:"last_success,omitempty"`
 	Running     bool       `json:"running"`
 	// Health is "ok", "stale", "unknown" (schedule unreadable) or "error"
@@ -300,6 +302,9 @@ func (d *Dashboard) loadJobs(ctx context.Context, q *counter, v *View) error {
 			}
 			if err = json.Unmarshal(raw, &j.Runs); err != nil {
 				break
+			}
+			if len(j.Runs) > 0 {
+				j.LastStatus = j.Runs[0].Status
 			}
 			if defHash != nil {
 				j.DefinitionHash = *defHash
