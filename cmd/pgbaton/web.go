@@ -160,4 +160,3 @@ func webPool(ctx context.Context, cf *connFlags) (*pgxpool.Pool, error) {
 	}
 	return pool, nil
 }
-
