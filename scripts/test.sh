@@ -33,6 +33,20 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# The dashboard's browser test (web/browsertest) drives Debian's Chromium.
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ] && [ -z "${PGBATON_CHROMIUM:-}" ]; then
+  echo "installing missing package: chromium (for the dashboard's browser test)"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  if command -v apt-get >/dev/null 2>&1; then
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium
+  else
+    echo "cannot install chromium: no apt-get; install a Chromium and set PGBATON_CHROMIUM to its binary" >&2
+    exit 1
+  fi
+fi
+
 go version
 go vet ./...
 # -p 2: one package per core; each package starts its own PostgreSQL cluster.
@@ -44,3 +58,6 @@ for mod in contrib/*/go.mod; do
   echo "== $dir"
   (cd "$dir" && go vet ./... && go test -race -count=1 -timeout 20m "$@" ./...)
 done
+# The dashboard's browser test, a module of its own so that chromedp stays
+# out of pgbaton's go.mod.
+(cd web/browsertest && go vet ./... && go test -race -count=1 -timeout 10m "$@" ./...)

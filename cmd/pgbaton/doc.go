@@ -6,6 +6,7 @@
 //	pgbaton locks [--json] [--watch 2s] [--key NAME] [--stuck-after 5m] [--check]
 //	pgbaton check [--pods N] [--json]
 //	pgbaton migrate up|status|sql
+//	pgbaton web [--listen 127.0.0.1:8080] [--interval 5s]
 //
 // # Commands
 //

@@ -121,7 +121,7 @@ func TestLockMetricsScraped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, pid := victim.Conn()
+	_, pid := victim.Session()
 	if err := cl.TerminateBackend(ctx, int(pid)); err != nil {
 		t.Fatal(err)
 	}
