@@ -5,8 +5,9 @@
 // database joined with its backend in pg_stat_activity, pg_blocking_pids for
 // the waiters only, and the names of the keys seen from pgbaton's schema (the
 // name registry that Lockers and the transaction helpers write, periodic's
-// jobs and running runs). That is three to five statements, whatever the
-// number of locks; at 10,000 held locks it takes milliseconds (BENCHMARKS.md).
+// jobs and running runs). That is three to six statements (the server
+// version and pgbaton's tables, the locks, the backends, and one per source
+// of names present), whatever the number of locks; at 10,000 held locks it takes milliseconds (BENCHMARKS.md).
 // It changes nothing on the server.
 //
 // # Reading pg_locks

@@ -151,8 +151,14 @@ func Take(ctx context.Context, q Querier, opts Options) (*Snapshot, error) {
 	}
 	var m meta
 	sch := o.Schema
-	if err := q.QueryRow(ctx, `SELECT current_setting('server_version_num')::int, to_regclass($1)::text, to_regclass($2)::text, to_regclass($3)::text`,
-		sch+".key_names", sch+".periodic_jobs", sch+".periodic_runs").Scan(&m.version, &m.names, &m.jobs, &m.runs); err != nil {
+	// to_regclass raises an error, not NULL, for a schema the role may not
+	// use: such a schema only costs the names.
+	if err := q.QueryRow(ctx, `WITH s AS (SELECT has_schema_privilege(oid, 'USAGE') AS usable FROM pg_namespace WHERE nspname = $4)
+		SELECT current_setting('server_version_num')::int,
+			CASE WHEN (SELECT usable FROM s) THEN to_regclass($1)::text END,
+			CASE WHEN (SELECT usable FROM s) THEN to_regclass($2)::text END,
+			CASE WHEN (SELECT usable FROM s) THEN to_regclass($3)::text END`,
+		sch+".key_names", sch+".periodic_jobs", sch+".periodic_runs", sch).Scan(&m.version, &m.names, &m.jobs, &m.runs); err != nil {
 		return nil, fmt.Errorf("%w: reading the server version: %w", ErrSnapshot, err)
 	}
 	waitstart := "NULL"

@@ -401,3 +401,30 @@ func TestNamesFromRegistryAndPeriodic(t *testing.T) {
 		t.Errorf("notes %q", s.Notes)
 	}
 }
+
+// A role that may not use pgbaton's schema still gets every lock; only the
+// names are missing.
+func TestSchemaWithoutUsage(t *testing.T) {
+	t.Parallel()
+	name, dsn, admin := newDB(t)
+	ctx := testCtx(t)
+	if err := pgbaton.Migrate(ctx, admin, ""); err != nil {
+		t.Fatal(err)
+	}
+	role := "nousage_" + strings.ReplaceAll(name, "-", "_")
+	if _, err := admin.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = connect(t, dsn, "cleanup").Exec(context.Background(), "DROP ROLE IF EXISTS "+role) })
+	if _, err := admin.Exec(ctx, "SELECT pg_advisory_lock(42)"); err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, dsn+" user="+role, "no-usage")
+	s, err := inspect.Take(ctx, c, inspect.Options{})
+	if err != nil {
+		t.Fatalf("Take as a role without USAGE on the schema: %v", err)
+	}
+	if len(s.Keys) != 1 {
+		t.Fatalf("keys = %+v, want the one lock", s.Keys)
+	}
+}
