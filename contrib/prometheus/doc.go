@@ -77,21 +77,15 @@
 // (or maxima) over instances in PromQL. The gauges read Locker.Stats at
 // scrape, without a database round trip.
 //
-// # Not yet
+// # The cluster's view
 //
-//   - A ClusterCollector: the database's view (who holds which family, how
-//     long waiters have waited, jobs' last success anywhere) from the
-//     inspect package's snapshots, one bounded query per scrape. Plan: a
-//     separate type, NewClusterCollector(snapshotter, ClusterOptions) with
-//     a scrape timeout and a minimum interval between queries (a cached
-//     snapshot is served in between), exporting
-//     pgbaton_cluster_leases_held{family,mode},
-//     pgbaton_cluster_lock_waiters{family} and
-//     pgbaton_cluster_oldest_wait_seconds{family} with the same KeyFamily
-//     and bounds as here, and pgbaton_cluster_scrape_errors_total; it is
-//     registered separately because it costs a query, typically on one
-//     instance or a sidecar. The label machinery (bounded, label) is
-//     shared with it.
+// [ClusterCollector] exports the database's view of every advisory lock
+// (keys per class, per family the leases held, the waiters and the oldest
+// wait) from package inspect's snapshots, cached for
+// ClusterOptions.MinInterval so the database sees one snapshot per interval
+// however many scrapers. With ClusterOptions.Locker every instance can
+// register it: the one holding the election lease exports, the others
+// export only pgbaton_cluster_exporter 0, so nothing is counted twice.
 //
 // # OpenTelemetry
 //
