@@ -107,7 +107,7 @@ func TestRedteamSharedChurnUnderCancelStorm(t *testing.T) {
 			if err == nil {
 				return ls
 			}
-			if !errors.Is(err, ErrStatementCanceled) && !errors.Is(err, ErrConnLost) && !errors.Is(err, ErrLeaseLost) {
+			if !errors.Is(err, ErrStatementCanceled) && !errors.Is(err, ErrConnLost) && !errors.Is(err, ErrLeaseLost) && !errors.Is(err, ErrConnect) { // a cancel can land on a dial's set-up
 				t.Fatalf("base TryAcquire: %v", err)
 			}
 		}
@@ -124,6 +124,9 @@ func TestRedteamSharedChurnUnderCancelStorm(t *testing.T) {
 			continue
 		}
 		errs++
+		if errors.Is(err, ErrConnect) {
+			continue // the storm cancelled a new connection's set-up: nothing was locked on it
+		}
 		if errors.Is(err, ErrNotAcquired) {
 			t.Fatalf("a shared try on a key only we hold shared: %v", err)
 		}
