@@ -186,3 +186,125 @@ func TestCronZonesAndDST(t *testing.T) {
 		t.Errorf("Prev(on a tick) = %s, want strictly before", p)
 	}
 }
+
+// nextWithin is s.Next(t), failing the test if it does not return within
+// a few seconds (the schedule once looped forever).
+func nextWithin(t *testing.T, s periodic.Schedule, at time.Time) time.Time {
+	t.Helper()
+	done := make(chan time.Time, 1)
+	go func() { done <- s.Next(at) }()
+	select {
+	case n := <-done:
+		return n
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: Next(%s) did not return within 10s", s, at)
+		return time.Time{}
+	}
+}
+
+// Local midnight does not exist in Santiago on 6 September 2026 (and in
+// Havana on 8 March 2026): hourly ticks go on through the change.
+func TestEveryHourInZoneWithMidnightGapReturns(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		zone     string
+		from, to time.Time
+	}{
+		{"America/Santiago", time.Date(2026, 9, 6, 2, 0, 0, 0, time.UTC), time.Date(2026, 9, 7, 3, 0, 0, 0, time.UTC)},
+		{"America/Havana", time.Date(2026, 3, 8, 3, 0, 0, 0, time.UTC), time.Date(2026, 3, 9, 6, 0, 0, 0, time.UTC)},
+	} {
+		loc := mustLoc(t, c.zone)
+		s := periodic.Every(time.Hour).In(loc)
+		for at := c.from; at.Before(c.to); at = at.Add(7 * time.Minute) {
+			n := nextWithin(t, s, at)
+			// Offsets are whole hours there: the next tick is the next
+			// whole hour of elapsed time.
+			if want := at.Truncate(time.Hour).Add(time.Hour); !n.Equal(want) {
+				t.Fatalf("%s: Next(%s) = %s, want %s", c.zone, at.In(loc), n.In(loc), want.In(loc))
+			}
+		}
+	}
+}
+
+// A daily midnight job fires on the day whose midnight does not exist, at
+// the end of the gap, and a weekly one does not skip that week.
+func TestCronMidnightGapStillFiresThatDay(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		expr string
+		from time.Time // local, a day before the change
+		want time.Time // local, the instant after the gap
+	}{
+		{"CRON_TZ=America/Santiago 0 0 * * *", time.Date(2026, 9, 5, 12, 0, 0, 0, time.UTC), time.Date(2026, 9, 6, 4, 0, 0, 0, time.UTC)},
+		{"CRON_TZ=America/Havana 0 0 * * *", time.Date(2026, 3, 7, 12, 0, 0, 0, time.UTC), time.Date(2026, 3, 8, 5, 0, 0, 0, time.UTC)},
+		{"CRON_TZ=Africa/Cairo 0 0 * * *", time.Date(2026, 4, 23, 12, 0, 0, 0, time.UTC), time.Date(2026, 4, 23, 22, 0, 0, 0, time.UTC)},
+		{"CRON_TZ=Asia/Beirut 0 0 * * *", time.Date(2026, 3, 28, 12, 0, 0, 0, time.UTC), time.Date(2026, 3, 28, 22, 0, 0, 0, time.UTC)},
+		// Havana's DST starts at midnight on the second Sunday of March.
+		{"CRON_TZ=America/Havana 0 0 * * 0", time.Date(2026, 3, 2, 12, 0, 0, 0, time.UTC), time.Date(2026, 3, 8, 5, 0, 0, 0, time.UTC)},
+	} {
+		c := c
+		s := periodic.MustCron(c.expr)
+		got := nextWithin(t, s, c.from)
+		if !got.Equal(c.want) {
+			t.Errorf("%s: Next(%s) = %s, want %s (the end of the gap)", c.expr, c.from, got.In(s.Location()), c.want.In(s.Location()))
+		}
+		// And the next tick is the following period's, not a second one.
+		n := nextWithin(t, s, got)
+		if d := n.Sub(got); d < 23*time.Hour {
+			t.Errorf("%s: tick after %s is %s, only %s later", c.expr, got.In(s.Location()), n.In(s.Location()), d)
+		}
+	}
+}
+
+// 01:30 occurs twice in New York on 1 November 2026: a daily 01:30 job
+// runs once, at the first occurrence (cron(8): fixed-time jobs are not
+// re-run in the repeated hour).
+func TestCronRepeatedHourRunsDailyJobOnce(t *testing.T) {
+	t.Parallel()
+	ny := mustLoc(t, "America/New_York")
+	s := periodic.MustCron("CRON_TZ=America/New_York 30 1 * * *")
+	got := ticks(s, time.Date(2026, 10, 31, 12, 0, 0, 0, ny), 3)
+	want := []time.Time{
+		time.Date(2026, 11, 1, 5, 30, 0, 0, time.UTC), // 01:30 EDT
+		time.Date(2026, 11, 2, 6, 30, 0, 0, time.UTC), // 01:30 EST the next day
+		time.Date(2026, 11, 3, 6, 30, 0, 0, time.UTC),
+	}
+	for i := range want {
+		if !got[i].Equal(want[i]) {
+			t.Errorf("tick %d = %s, want %s", i, got[i].In(ny), want[i].In(ny))
+		}
+	}
+	// A wildcard job follows the clock: */30 fires at both 01:30s.
+	w := periodic.MustCron("CRON_TZ=America/New_York */30 * * * *")
+	n := 0
+	for x := w.Next(time.Date(2026, 11, 1, 0, 59, 0, 0, ny)); x.Before(time.Date(2026, 11, 1, 2, 0, 0, 0, ny)); x = w.Next(x) {
+		n++
+	}
+	if n != 4 {
+		t.Errorf("*/30 between 01:00 EDT and 02:00 EST: %d ticks, want 4 (01:00, 01:30 EDT and EST)", n)
+	}
+}
+
+// Every(24h).Offset(20h).In(zone) fires at 20:00 on the local clock every
+// day, including the days the clocks change.
+func TestEveryDailyOffsetIsWallClockTime(t *testing.T) {
+	t.Parallel()
+	ny := mustLoc(t, "America/New_York")
+	s := periodic.Every(24 * time.Hour).Offset(20 * time.Hour).In(ny)
+	for _, day := range []time.Time{
+		time.Date(2023, 3, 12, 0, 0, 0, 0, ny),
+		time.Date(2023, 11, 5, 0, 0, 0, 0, ny),
+		time.Date(2026, 3, 8, 0, 0, 0, 0, ny),
+		time.Date(2026, 11, 1, 0, 0, 0, 0, ny),
+	} {
+		got := s.Next(day.Add(-time.Hour)).In(ny)
+		if got.Year() != day.Year() || got.YearDay() != day.YearDay() || got.Hour() != 20 || got.Minute() != 0 {
+			t.Errorf("Every(24h).Offset(20h).In(New York) on %s: %s, want 20:00 that day", day.Format(time.DateOnly), got)
+		}
+	}
+	// And at 02:30 on the day 02:30 does not exist: the end of the gap.
+	s = periodic.Every(24 * time.Hour).Offset(150 * time.Minute).In(ny)
+	if got := s.Next(time.Date(2026, 3, 8, 0, 0, 0, 0, ny)); !got.Equal(time.Date(2026, 3, 8, 7, 0, 0, 0, time.UTC)) {
+		t.Errorf("02:30 on the spring-forward day: %s, want 03:00 EDT", got.In(ny))
+	}
+}
