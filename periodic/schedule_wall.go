@@ -109,7 +109,36 @@ func periodAt(loc *time.Location, u int64) zonePeriod {
 	if !e.IsZero() {
 		p.end = e.UnixMicro()
 	}
+	// Past a zone's last explicit transition Go computes offsets from the
+	// zone's rule (the TZif footer), and its bounds are not always those
+	// of the period (Go 1.26, time.tzset): they may be the start or end of
+	// the UTC year (harmless: the offset is the same on both sides); on 31
+	// December of a leap year the end is that day's 00:00 UTC, before u;
+	// and the start may be the rule's last change of the year even if an
+	// explicit transition came later (tzdata's slim files, as in Go's own
+	// copy, end their explicit transitions early). The offsets are right.
+	if p.end <= u {
+		p.end = time.Date(t.UTC().Year()+1, 1, 1, 0, 0, 0, 0, time.UTC).UnixMicro()
+	}
+	if p.start != math.MinInt64 && offsetAt(loc, p.start) != p.off {
+		// The true start is in (p.start, u]: the first second from which
+		// the offset is p.off (transitions fall on whole seconds).
+		lo, hi := floorDiv(p.start, 1e6), floorDiv(u, 1e6) // offset(lo) != p.off, offset(hi) == p.off
+		for hi-lo > 1 {
+			if mid := lo + (hi-lo)/2; offsetAt(loc, mid*1e6) == p.off {
+				hi = mid
+			} else {
+				lo = mid
+			}
+		}
+		p.start = max(hi*1e6, p.start)
+	}
 	return p
+}
+
+func offsetAt(loc *time.Location, u int64) int64 {
+	_, off := time.UnixMicro(u).In(loc).Zone()
+	return int64(off) * 1e6
 }
 
 // wallSched is a wall-clock schedule in a zone.
