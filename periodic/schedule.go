@@ -6,7 +6,6 @@ import (
 	"hash/fnv"
 	"strings"
 	"time"
-
 )
 
 // Schedule says when a job's ticks fall. A tick is an absolute instant that

@@ -226,7 +226,7 @@ func offsetChanges(loc *time.Location) []int64 {
 
 type sweepCounts struct {
 	names, zones, changes, windows, ticks, calls, gapTicks, dailyDates, dailyShifted, skippedOdd atomic.Int64
-	maxSteps                                                                                    atomic.Int64
+	maxSteps                                                                                     atomic.Int64
 }
 
 func TestScheduleSweep(t *testing.T) {
