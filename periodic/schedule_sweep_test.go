@@ -564,3 +564,45 @@ func fmtTicks(ts []int64, loc *time.Location) string {
 	}
 	return b.String()
 }
+
+// Go reports wrong zone bounds past a zone's last explicit transition (the
+// case of Go's own tzdata copy, whose files are slim): on 31 December of a
+// leap year, and after a late explicit change such as Ciudad Juárez's on 30
+// November 2022. Ticks stay right.
+func TestScheduleZoneBoundsOfGoTzdata(t *testing.T) {
+	t.Parallel()
+	var goData *sweepSource
+	for _, src := range loadZoneSources(t) {
+		if strings.HasSuffix(src.name, ".zip") {
+			goData = &src
+		}
+	}
+	if goData == nil {
+		t.Skip("Go's tzdata copy not found")
+	}
+	load := func(name string) *time.Location {
+		loc, err := time.LoadLocationFromTZData(name, goData.files[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return loc
+	}
+	ny := load("America/New_York")
+	hourly := Every(time.Hour).In(ny)
+	at := time.Date(2028, 12, 30, 23, 30, 0, 0, time.UTC)
+	for i := 0; i < 30; i++ {
+		n, err := hourly.NextTick(at)
+		if want := at.Truncate(time.Hour).Add(time.Hour); err != nil || !n.Equal(want) {
+			t.Fatalf("hourly in New York (Go's tzdata): Next(%s) = %s, %v; want %s", at, n, err, want)
+		}
+		if p, err := hourly.PrevTick(n); err != nil || !p.Equal(n.Add(-time.Hour)) {
+			t.Fatalf("Prev(%s) = %s, %v", n, p, err)
+		}
+		at = n
+	}
+	cj := load("America/Ciudad_Juarez")
+	c := MustCron("*/30 0-3 * * *").In(cj)
+	if p := c.Prev(time.Date(2022, 11, 30, 7, 0, 0, 0, time.UTC)); !p.Equal(time.Date(2022, 11, 29, 9, 30, 0, 0, time.UTC)) {
+		t.Errorf("Ciudad Juárez (Go's tzdata): Prev = %s, want 03:30 CST on 29 November", p.In(cj))
+	}
+}

@@ -308,3 +308,76 @@ func TestEveryDailyOffsetIsWallClockTime(t *testing.T) {
 		t.Errorf("02:30 on the spring-forward day: %s, want 03:00 EDT", got.In(ny))
 	}
 }
+
+func TestCronSyntaxFollowsVixieCron(t *testing.T) {
+	t.Parallel()
+	from := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) // a Thursday
+	for _, c := range []struct {
+		expr string
+		want []int // days of January 2026 of the first ticks
+	}{
+		{"0 0 13 * 5", []int{2, 9, 13}},     // both restricted: OR
+		{"0 0 */2 * 1", []int{5, 19, 0}},    // day-of-month starts with "*": AND (odd days that are Mondays; then 2 Feb)
+		{"0 0 1-7 * *", []int{1, 2, 3}},     // day-of-week "*": AND with every day
+		{"0 0 * * 7", []int{4, 11, 18}},     // 7 is Sunday
+		{"0 0 * * mon-fri", []int{1, 2, 5}}, // names, ranges of names
+		{"@weekly", []int{4, 11, 18}},
+	} {
+		got := ticks(periodic.MustCron(c.expr), from.Add(-time.Second), 3)
+		for i, d := range c.want {
+			if d != 0 && (got[i].Month() != time.January || got[i].Day() != d) {
+				t.Errorf("%s: ticks %v, want January days %v", c.expr, got, c.want)
+				break
+			}
+		}
+	}
+	for _, c := range []struct{ expr, want string }{
+		{"0 0 31 2 *", "can never fire"},
+		{"0 0 30 2,4 * ", ""}, // 30 April exists
+		{"0 0 31 4,6,9,11 *", "can never fire"},
+		{"5/15 * * * *", `"5-59/15"`},
+		{"*/0 * * * *", "step"},
+		{"0 5-1 * * *", "backwards"},
+		{"0 0 * * 8", "out of [0, 7]"},
+		{"0 0 * foo *", "name"},
+		{"1,*/2 * * * *", `"*" must be the first`},
+		{"@reboot", "@reboot"},
+		{"@fortnightly", "unknown descriptor"},
+		{"0 0 * * * *", "6 fields"},
+		{"CRON_TZ=Local 0 0 * * *", "IANA zone"},
+	} {
+		_, err := periodic.Cron(c.expr)
+		if c.want == "" {
+			if err != nil {
+				t.Errorf("Cron(%q): %v", c.expr, err)
+			}
+			continue
+		}
+		if !errors.Is(err, periodic.ErrInvalidSchedule) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Cron(%q): err %v, want ErrInvalidSchedule mentioning %s", c.expr, err, c.want)
+		}
+	}
+}
+
+func TestNextTickReportsNoTick(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, s := range []periodic.BoundedSchedule{periodic.CronSchedule{}, periodic.Every(time.Millisecond), periodic.Every(7 * time.Hour).In(time.UTC)} {
+		if _, err := s.NextTick(at); !errors.Is(err, periodic.ErrNoNextTick) {
+			t.Errorf("%s: NextTick err %v, want ErrNoNextTick", s, err)
+		}
+		if _, err := s.PrevTick(at); !errors.Is(err, periodic.ErrNoPrevTick) {
+			t.Errorf("%s: PrevTick err %v, want ErrNoPrevTick", s, err)
+		}
+		if !s.Next(at).IsZero() || !s.Prev(at).IsZero() {
+			t.Errorf("%s: Next/Prev not zero", s)
+		}
+	}
+	// Feb 29 on a Sunday (day-of-week "*/7" is a wildcard field, so AND):
+	// 2032, then 2060; found, within the bound.
+	s := periodic.MustCron("0 0 29 2 */7")
+	n, err := s.NextTick(time.Date(2033, 1, 1, 0, 0, 0, 0, time.UTC))
+	if err != nil || !n.Equal(time.Date(2060, 2, 29, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("29 Feb on a Sunday after 2033: %s, %v", n, err)
+	}
+}

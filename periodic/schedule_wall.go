@@ -192,7 +192,7 @@ func (s *wallSched) next(t time.Time) (time.Time, int, error) {
 	var w wallWalk
 	u, ok := s.nextMicro(&w, t.UnixMicro())
 	if !ok {
-		return time.Time{}, w.steps, fmt.Errorf("%w: none within %d years of %s", ErrNoNextTick, wallHorizonDays/365, t.UTC().Format(time.RFC3339))
+		return time.Time{}, w.steps, fmt.Errorf("%w: none found after %s within the search bound (%d years of dates, %d zone periods)", ErrNoNextTick, t.UTC().Format(time.RFC3339), wallHorizonDays/365, wallMaxPeriods)
 	}
 	return time.UnixMicro(u).UTC(), w.steps, nil
 }
@@ -201,7 +201,7 @@ func (s *wallSched) prev(t time.Time) (time.Time, int, error) {
 	var w wallWalk
 	u, ok := s.prevMicro(&w, ceilMicro(t)-1)
 	if !ok {
-		return time.Time{}, w.steps, fmt.Errorf("%w: none within %d years before %s", ErrNoPrevTick, wallHorizonDays/365, t.UTC().Format(time.RFC3339))
+		return time.Time{}, w.steps, fmt.Errorf("%w: none found before %s within the search bound (%d years of dates, %d zone periods)", ErrNoPrevTick, t.UTC().Format(time.RFC3339), wallHorizonDays/365, wallMaxPeriods)
 	}
 	return time.UnixMicro(u).UTC(), w.steps, nil
 }
