@@ -430,14 +430,22 @@ func scheduleErr(s Schedule) error {
 	return nil
 }
 
-// jitterFor is the firing delay of tick for job: deterministic in [0, max).
+// jitterFor is the firing delay of tick for job: deterministic in [0, max),
+// and shorter than the time to the next tick, so that ticks fire in order
+// where a clock change brings two ticks closer than the jitter (a
+// fixed-time schedule's tick at the end of a gap).
 func jitterFor(s Schedule, job string, tick time.Time) time.Duration {
 	j, ok := s.(Jittered)
 	if !ok {
 		return 0
 	}
 	max := j.JitterMax()
-	if max <= 0 {
+	if e, ok := s.(EverySchedule); !ok || e.loc != nil {
+		if n, err := scheduleNext(s, tick); err == nil && n.Sub(tick) < max {
+			max = n.Sub(tick)
+		}
+	}
+	if max < time.Microsecond {
 		return 0
 	}
 	h := fnv.New64a()
@@ -453,7 +461,7 @@ func jitterFor(s Schedule, job string, tick time.Time) time.Duration {
 
 // latestAtOrBefore returns the last tick at or before t (zero if none).
 func latestAtOrBefore(s Schedule, t time.Time) time.Time {
-	p := s.Prev(t)
+	p, _ := schedulePrev(s, t)
 	if n := s.Next(p); !p.IsZero() && !n.IsZero() && !n.After(t) {
 		return n
 	}

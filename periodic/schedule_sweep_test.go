@@ -58,7 +58,8 @@ const (
 type sweepCase struct {
 	name  string
 	wall  func(loc *time.Location) *wallSched
-	match func(W int64) bool // the wall-clock times the schedule names
+	sched func(loc *time.Location) Schedule // with its jitter
+	match func(W int64) bool                // the wall-clock times the schedule names
 	fixed bool
 	daily bool  // one matching time per local date
 	grid  int64 // µs: every matching wall-clock time is a multiple
@@ -83,6 +84,7 @@ func sweepCorpus(t *testing.T) []sweepCase {
 		out = append(out, sweepCase{
 			name:  "cron " + expr,
 			wall:  func(loc *time.Location) *wallSched { return c.In(loc).wall() },
+			sched: func(loc *time.Location) Schedule { return c.In(loc).Jitter(59 * time.Second) },
 			match: cronOracle(spec),
 			fixed: spec.fixed(),
 			daily: !restricted && spec.fixed() && len(spec.tods) == 1,
@@ -101,8 +103,9 @@ func sweepCorpus(t *testing.T) []sweepCase {
 		}
 		d, off := int64(e.d/time.Microsecond), int64(e.off/time.Microsecond)
 		out = append(out, sweepCase{
-			name: s.String() + " in zone",
-			wall: func(loc *time.Location) *wallSched { return s.In(loc).wall() },
+			name:  s.String() + " in zone",
+			wall:  func(loc *time.Location) *wallSched { return s.In(loc).wall() },
+			sched: func(loc *time.Location) Schedule { return s.In(loc) },
 			match: func(W int64) bool {
 				tod := W - floorDiv(W, usPerDay)*usPerDay
 				return tod >= off && (tod-off)%d == 0
@@ -467,7 +470,16 @@ func sweepWindow(z *sweepZone, win *sweepWin, c sweepCase, counts *sweepCounts, 
 		fail("%s: ticks\n  got  %s\n  want %s", name, fmtTicks(got, z.loc), fmtTicks(want, z.loc))
 		return
 	}
-	stride := 1 + len(got)/300 // every tick, or 300 of them spread evenly
+	// Jittered firing stays in [tick, next tick) and in tick order.
+	js := c.sched(z.loc)
+	stride := 1 + len(got)/300
+	for i := 0; i+1 < len(got); i += stride {
+		a, b := time.UnixMicro(got[i]), time.UnixMicro(got[i+1])
+		if f := fireAt(js, "job", a); f.Before(a) || !f.Before(b) || !f.Before(fireAt(js, "job", b)) {
+			fail("%s: tick %s fires at %s, next tick %s at %s", name, a.In(z.loc), f.In(z.loc), b.In(z.loc), fireAt(js, "job", b).In(z.loc))
+		}
+	}
+	// every tick, or 300 of them spread evenly
 	for i := 1; i < len(got); i += stride {
 		if p, _ := call(false, got[i]-1); p != got[i-1] {
 			fail("%s: Prev(%s) = %s, want %s", name, time.UnixMicro(got[i]).In(z.loc), time.UnixMicro(p).In(z.loc), time.UnixMicro(got[i-1]).In(z.loc))
