@@ -236,10 +236,11 @@ func (e EverySchedule) count(after, upto time.Time) (int64, bool) {
 
 // CronSchedule fires on a cron expression. Build one with [Cron].
 type CronSchedule struct {
-	expr   string
-	spec   *cronSpec
-	loc    *time.Location
-	jitter time.Duration
+	expr    string
+	spec    *cronSpec
+	loc     *time.Location
+	exprLoc *time.Location // the zone the expression names (UTC if none)
+	jitter  time.Duration
 }
 
 // Cron parses a standard five-field cron expression (minute hour
@@ -297,7 +298,7 @@ func Cron(expr string) (CronSchedule, error) {
 	if _, ok := spec.nextDate(&w, 0, wallHorizonDays); !ok {
 		return CronSchedule{}, fmt.Errorf("%w: %q can never fire: no date matches its day-of-month, month and day-of-week fields (day-of-month and day-of-week combine with AND when either starts with \"*\")", ErrInvalidSchedule, expr)
 	}
-	return CronSchedule{expr: strings.TrimSpace(expr), spec: spec, loc: loc}, nil
+	return CronSchedule{expr: strings.TrimSpace(expr), spec: spec, loc: loc, exprLoc: loc}, nil
 }
 
 // MustCron is Cron that panics on error, for expressions fixed in code.
@@ -350,7 +351,7 @@ func (c CronSchedule) Err() error {
 
 func (c CronSchedule) String() string {
 	s := "cron " + c.expr
-	if c.spec != nil && !strings.Contains(c.expr, "TZ=") {
+	if c.spec != nil && (!strings.Contains(c.expr, "TZ=") || c.loc != c.exprLoc) {
 		s += " (" + c.loc.String() + ")"
 	}
 	if c.jitter != 0 {

@@ -381,3 +381,20 @@ func TestNextTickReportsNoTick(t *testing.T) {
 		t.Errorf("29 Feb on a Sunday after 2033: %s, %v", n, err)
 	}
 }
+
+func TestCronStringNamesTheZoneInForce(t *testing.T) {
+	t.Parallel()
+	paris := mustLoc(t, "Europe/Paris")
+	for _, c := range []struct {
+		s    periodic.CronSchedule
+		want string
+	}{
+		{periodic.MustCron("0 3 * * *"), "cron 0 3 * * * (UTC)"},
+		{periodic.MustCron("CRON_TZ=Asia/Tokyo 0 9 * * *"), "cron CRON_TZ=Asia/Tokyo 0 9 * * *"},
+		{periodic.MustCron("CRON_TZ=Asia/Tokyo 0 9 * * *").In(paris), "cron CRON_TZ=Asia/Tokyo 0 9 * * * (Europe/Paris)"},
+	} {
+		if got := c.s.String(); got != c.want {
+			t.Errorf("String() = %q, want %q", got, c.want)
+		}
+	}
+}
