@@ -4,7 +4,6 @@ go 1.26
 
 require (
 	github.com/jackc/pgx/v5 v5.12.0
-	github.com/netresearch/go-cron v0.9.1
 	go.uber.org/goleak v1.3.0
 )
 

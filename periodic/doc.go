@@ -152,13 +152,97 @@
 //     records the definition last registered, and instances that disagree
 //     report the drift (events, Health) but go on with their own.
 //
+// # Schedules and daylight saving time
+//
+// Reference: ISC/Vixie cron as shipped by Debian, crontab(5) and cron(8).
+// [Cron] follows its syntax (five fields, names, ranges, steps, lists, 0 or 7
+// for Sunday; day-of-month and day-of-week combine with OR when both are
+// restricted and with AND when either field's text starts with "*") and its
+// rules for clock changes; [Every] with [EverySchedule.In] follows the same
+// rules. A schedule names wall-clock times (a local date and time of day)
+// and is one of two kinds:
+//
+//   - Fixed-time: a cron expression whose minute and hour fields do not
+//     start with "*" ("30 2 * * *", "0 0 * * 0", "0 1-3 * * *", @daily,
+//     @weekly, @monthly, @yearly), and Every(d).In(zone) with d over one
+//     hour. Each matching wall-clock time W fires once, at the first instant
+//     at which the local clock reads W or later: W itself if it exists, its
+//     first occurrence if the clock passes it twice (cron(8): "those jobs
+//     that fall into the repeated time will not be re-run"), and the end of
+//     the gap, the instant of the change, if the clock skips it (cron(8):
+//     "will be run soon after the change"). Several times skipped by one
+//     gap fire once, together.
+//   - Wildcard: a cron expression whose minute or hour field starts with
+//     "*" ("*/15 * * * *", "0 * * * *", "0 */2 * * *", @hourly), and
+//     Every(d).In(zone) with d of one hour or less. The schedule follows the
+//     clock (cron(8): "jobs which are specified with wildcards are run based
+//     on the new time immediately"): a wall-clock time that occurs twice
+//     fires twice, one that does not exist does not fire, so hourly and
+//     shorter schedules keep their elapsed-time rhythm through a change.
+//
+// Unlike cron(8), which cannot tell a daylight saving change from a clock
+// being set and applies these rules only to changes under three hours, the
+// rules apply to every change in the zone's tzdata, whatever its size
+// (Pacific/Apia skipped 30 December 2011: its daily jobs of that date fire
+// at the change, 00:00 on the 31st). A gap may end on the next local date:
+// "59 23 * * *" in America/Nuuk on 28 March 2026, where the clock goes from
+// 22:59:59 to 00:00 on the 29th, fires at 00:00 on the 29th, and again at
+// 23:59 that day.
+//
+// Examples, in America/New_York unless stated (spring forward on 8 March
+// 2026, 02:00 EST becomes 03:00 EDT; fall back on 1 November 2026, 02:00
+// EDT becomes 01:00 EST):
+//
+//	schedule                       spring forward                 fall back
+//	"30 2 * * *"                   03:00 EDT                      02:30 EST
+//	"0,30 2 * * *"                 03:00 EDT (once)               02:00, 02:30 EST
+//	"30 1 * * *"                   01:30 EST                      01:30 EDT only
+//	"0 1-3 * * *"                  01:00 EST, 03:00 EDT           01:00 EDT, 02:00, 03:00 EST
+//	"*/30 * * * *"                 01:30 EST, 03:00 EDT           01:00, 01:30 EDT, 01:00, 01:30 EST
+//	@hourly, Every(1h).In          01:00 EST, 03:00 EDT           01:00 EDT, 01:00 EST, 02:00 EST
+//	Every(2h).In                   00:00 EST, 03:00, 04:00 EDT    00:00 EDT, 02:00 EST
+//	Every(24h).Offset(2h30m).In    03:00 EDT                      02:30 EST
+//	Every(24h).Offset(1h30m).In    01:30 EST                      01:30 EDT only
+//	Every(24h).Offset(20h).In      20:00 EDT                      20:00 EST
+//	"0 0 * * *", America/Santiago  6 Sep 2026: 01:00 -03 (00:00 does not exist)
+//	Every(1h).In, America/Santiago 5 Sep 23:00 -04, 6 Sep 01:00 -03, 02:00 -03
+//	"15 2 * * *", Lord_Howe        4 Oct 2026: 02:30 +11 (02:00 +10:30 becomes 02:30 +11)
+//	"45 1 * * *", Lord_Howe        5 Apr 2026: 01:45 +11 once (02:00 +11 becomes 01:30 +10:30)
+//
+// Every(d) without In is a grid of elapsed time from the Unix epoch and has
+// no daylight saving behaviour.
+//
+// The searches are bounded: Next and Prev walk local dates for at most one
+// 400-year Gregorian cycle plus a year (after which dates repeat with the
+// same weekdays), at most 4096 periods of a zone's offsets, and at most
+// 2^20 steps in all; they return the zero Time, and
+// [EverySchedule.NextTick], [CronSchedule.NextTick] and the *Tick methods of
+// [BoundedSchedule] return [ErrNoNextTick] or [ErrNoPrevTick], instead of
+// searching further. [Cron] refuses an expression no date can match in a
+// full cycle ("0 0 31 2 *"), so a valid schedule always finds its next tick
+// (the longest wait is for 29 February on a given weekday: 40 years).
+//
+// These rules are checked, not sampled: a property test compares Next and
+// Prev with an oracle that scans every minute of a 72-hour window around
+// every UTC offset change from 2000 to 2040 of every zone of the system's
+// tzdata and of Go's copy (lib/time/zoneinfo.zip, the data time/tzdata
+// embeds), for 32 cron expressions and 13 Every schedules; SCHEDULES.md has
+// the figures. Go's time package reports wrong zone bounds past a zone's
+// last explicit transition (on 31 December of a leap year, and after a late
+// change such as America/Ciudad_Juarez's in November 2022, with Go's copy of
+// tzdata); the schedules correct them from the offsets, which are right.
+//
 // # Dependencies
 //
-// github.com/netresearch/go-cron parses cron expressions (standard fields,
-// descriptors, CRON_TZ, DST handling as ISC cron, and Prev for finding the
-// latest tick). It is a maintained fork of robfig/cron, which has had no
-// release since 2020; it has no dependencies of its own. Considered and not
-// chosen: github.com/adhocore/gronx (maintained, but no Prev, skips a daily
-// tick that falls in a spring-forward gap, and about 20 times slower per
-// Next).
+// None beyond pgx. The cron parser is hand-written (about 250 lines,
+// schedule_cron.go) and fuzzed (FuzzCron): the libraries considered compute
+// ticks with time.Date and fault at daylight saving changes in the ways this
+// package must not (github.com/netresearch/go-cron, used before, at its
+// upstream head too: an hourly schedule looping forever where local
+// midnight does not exist, a daily tick skipped on that day, a daily tick
+// run twice in a repeated hour; github.com/adhocore/gronx: no Prev, and a
+// daily tick skipped in a spring-forward gap), and their parsers differ
+// from Vixie cron on the day-of-month/day-of-week rule and on "5/15". What
+// remains to take from them, the five-field grammar, is smaller than the
+// code that adapts it.
 package periodic

@@ -2,6 +2,7 @@ package periodic_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"log/slog"
@@ -129,6 +130,54 @@ func ExampleCron() {
 	// 2026-04-20T13:00:00Z
 	// 2026-04-17T19:00:00Z
 	// true
+}
+
+// At daylight saving changes, cron schedules follow Debian's cron(8): a
+// fixed-time job fires once (at the end of a gap that skips its time, at
+// the first occurrence of a repeated time); a wildcard job follows the
+// clock.
+func ExampleCron_daylightSaving() {
+	ny, _ := time.LoadLocation("America/New_York")
+	show := func(expr string, from, to time.Time) {
+		c := periodic.MustCron(expr).In(ny)
+		fmt.Printf("%-14s", expr)
+		for t := c.Next(from); t.Before(to); t = c.Next(t) {
+			fmt.Print(" ", t.In(ny).Format("15:04 MST"))
+		}
+		fmt.Println()
+	}
+	// 8 March 2026: 02:00 EST becomes 03:00 EDT.
+	spring := time.Date(2026, 3, 8, 0, 0, 0, 0, ny)
+	show("30 2 * * *", spring, spring.Add(12*time.Hour))
+	show("@hourly", spring, spring.Add(4*time.Hour))
+	// 1 November 2026: 02:00 EDT becomes 01:00 EST.
+	fall := time.Date(2026, 11, 1, 0, 0, 0, 0, ny)
+	show("30 1 * * *", fall, fall.Add(12*time.Hour))
+	show("@hourly", fall, fall.Add(4*time.Hour))
+	// Output:
+	// 30 2 * * *     03:00 EDT
+	// @hourly        01:00 EST 03:00 EDT 04:00 EDT
+	// 30 1 * * *     01:30 EDT
+	// @hourly        01:00 EDT 01:00 EST 02:00 EST
+}
+
+// Every(d).In(zone) is a daily grid of wall-clock times; NextTick reports
+// why a schedule has no tick instead of returning the zero Time.
+func ExampleEverySchedule_In() {
+	santiago, _ := time.LoadLocation("America/Santiago")
+	// On 6 September 2026 the clock goes from 23:59:59 to 01:00: midnight
+	// does not exist. A daily midnight tick fires at the end of the gap.
+	daily := periodic.Every(24 * time.Hour).In(santiago)
+	t, err := daily.NextTick(time.Date(2026, 9, 5, 12, 0, 0, 0, santiago))
+	fmt.Println(t.In(santiago).Format(time.RFC3339), err)
+	_, err = periodic.Every(7 * time.Hour).In(santiago).NextTick(t)
+	fmt.Println(errors.Is(err, periodic.ErrNoNextTick), errors.Is(err, periodic.ErrInvalidSchedule))
+	_, err = periodic.Cron("0 0 31 2 *")
+	fmt.Println(err)
+	// Output:
+	// 2026-09-06T01:00:00-03:00 <nil>
+	// true true
+	// periodic: invalid schedule: "0 0 31 2 *" can never fire: no date matches its day-of-month, month and day-of-week fields (day-of-month and day-of-week combine with AND when either starts with "*")
 }
 
 // Policies are explicit per job.

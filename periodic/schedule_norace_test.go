@@ -1,0 +1,5 @@
+//go:build !race
+
+package periodic
+
+const raceEnabled = false
