@@ -288,8 +288,9 @@ func runCronDaemon(ctx context.Context, out *output, f cronFlags, tab *cronTab, 
 		return &exitCodeError{code: cronExitStart, err: fmt.Errorf("database settings: %w", err)}
 	}
 	cfg.Schema = f.schema
-	log := newCronLogger(out.Stderr, f.logFormat, level).With("instance", cfg.InstanceName)
-	cfg.Logger = log
+	base := newCronLogger(out.Stderr, f.logFormat, level)
+	cfg.Logger = base
+	log := base
 	for _, w := range tab.Warnings {
 		log.Warn("cron: " + w)
 	}
@@ -307,6 +308,7 @@ func runCronDaemon(ctx context.Context, out *output, f cronFlags, tab *cronTab, 
 		return &exitCodeError{code: cronExitStart}
 	}
 	rc := l.Config()
+	log = base.With("instance", rc.InstanceName) // periodic's events name it themselves
 	margin := rc.ServerReleaseTimeout() - rc.LeaseTimeout - rc.HeartbeatInterval
 	if f.killAfter == 0 {
 		f.killAfter = margin / 2
@@ -321,7 +323,7 @@ func runCronDaemon(ctx context.Context, out *output, f cronFlags, tab *cronTab, 
 	d.reaper = newCronReaper(log)
 	sched, err := periodic.New(startCtx, periodic.Config{
 		Locker:        l,
-		Logger:        log,
+		Logger:        base,
 		BusyLogLevel:  slog.LevelDebug,
 		ShutdownGrace: f.grace,
 	})
@@ -700,12 +702,13 @@ func (d *cronDaemon) runProcess(ctx context.Context, j cronJob, run periodic.Run
 	}
 	pid := st.c.pid
 	begin := time.Now()
+	log.Info("cron: command started", "pid", pid, "kind", string(run.Kind))
 	var readers sync.WaitGroup
 	for i, stream := range []string{"stdout", "stderr"} {
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
-			logLines(pipes.parent[i], log, stream, "job", j.Name, "run", run.Token, "tick", run.Tick)
+			logLines(pipes.parent[i], log, stream)
 		}()
 	}
 	d.mu.Lock()
@@ -716,7 +719,6 @@ func (d *cronDaemon) runProcess(ctx context.Context, j cronJob, run periodic.Run
 	}
 	d.running[pid] = r
 	d.mu.Unlock()
-	log.Info("cron: command started", "pid", pid, "kind", string(run.Kind))
 
 	var cause error
 	var kill <-chan time.Time

@@ -37,6 +37,9 @@ func newCronReaper(log *slog.Logger) *cronReaper {
 	r := &cronReaper{log: log, waiting: map[int]chan syscall.WaitStatus{}, sigc: make(chan os.Signal, 1),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	signal.Notify(r.sigc, syscall.SIGCHLD)
+	if err := becomeSubreaper(); err != nil {
+		log.Warn("cron: cannot become a child subreaper; processes jobs leave behind are reaped by init", "err", err.Error())
+	}
 	go r.loop()
 	return r
 }

@@ -8,3 +8,7 @@ import "syscall"
 // daemon is SIGKILLed, a running job keeps running (its lock is freed when
 // the connection closes).
 func setPdeathsig(*syscall.SysProcAttr) {}
+
+// becomeSubreaper: only Linux has child subreapers; as PID 1 the daemon
+// reaps orphans anyway.
+func becomeSubreaper() error { return nil }
