@@ -360,7 +360,7 @@ func runCronDaemon(ctx context.Context, out *output, f cronFlags, tab *cronTab, 
 		}
 		d.jobs[j.Name] = j
 	}
-	log.Info("cron: started", "crontab", f.crontab, "file_hash", tab.Hash, "jobs", len(tab.Jobs), "names", jobNames(tab.Jobs))
+	log.Info("cron: started", "pid", os.Getpid(), "crontab", f.crontab, "file_hash", tab.Hash, "jobs", len(tab.Jobs), "names", jobNames(tab.Jobs))
 
 	rctx, rstop := context.WithCancel(context.Background())
 	d.reloadStop = rstop

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -480,4 +481,207 @@ func httpGet(t *testing.T, url string) (int, string) {
 		b.WriteString(sc.Text())
 	}
 	return resp.StatusCode, b.String()
+}
+
+// runCronProc runs pgbaton cron to completion (bounded) and returns its exit
+// status and stderr.
+func runCronProc(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"cron"}, args...)...)
+	var e safeBuffer
+	cmd.Stderr = &e
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		_ = cmd.Process.Signal(syscall.SIGQUIT)
+		<-done
+		t.Fatalf("pgbaton cron did not end within 60s; stderr:\n%s", e.String())
+	}
+	return cmd.ProcessState.ExitCode(), e.String()
+}
+
+// The daemon's exit statuses when it cannot start.
+func TestCronStartFailures(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	crontab := filepath.Join(dir, "crontab")
+	writeFile(t, crontab, "@every 1s true\n")
+	bad := filepath.Join(dir, "bad")
+	writeFile(t, bad, "@every 1s\n")
+	unmigrated, _ := execDB(t, false)
+	migrated, _ := execDB(t, true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() }) // after the parallel subtests
+	for _, tc := range []struct {
+		name string
+		args []string
+		want int
+		msg  string
+	}{
+		{"invalid crontab", []string{"--crontab", bad, "--dsn", migrated}, cronExitCrontab, "no command"},
+		{"no database", []string{"--crontab", crontab, "--dsn", "postgres://nobody@127.0.0.1:1/x?connect_timeout=2"}, cronExitStart, "cannot start"},
+		{"schema not migrated", []string{"--crontab", crontab, "--dsn", unmigrated}, cronExitStart, "pgbaton migrate up"},
+		{"health address in use", []string{"--crontab", crontab, "--dsn", migrated, "--health-listen", ln.Addr().String()}, cronExitStart, "--health-listen"},
+		{"kill-after beyond the margin", []string{"--crontab", crontab, "--dsn", migrated, "--kill-after", "1h"}, cronExitUsage, "safety margin"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			code, errOut := runCronProc(t, tc.args...)
+			if code != tc.want || !strings.Contains(errOut, tc.msg) {
+				t.Fatalf("exit %d, want %d with %q; stderr:\n%s", code, tc.want, tc.msg, errOut)
+			}
+		})
+	}
+}
+
+// Replicas whose crontabs differ report the drift (logs, cron status); a
+// run past its timeout gets SIGTERM and is recorded as timed out; a job
+// that keeps failing makes the health endpoint answer 503 and cron status
+// exit 1.
+func TestCronDriftTimeoutHealth(t *testing.T) {
+	t.Parallel()
+	dsn, admin := execDB(t, true)
+	dir := t.TempDir()
+	marks := filepath.Join(dir, "marks")
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	writeFile(t, a, "#pgbaton: name=shared\n@every 1s echo a\n"+
+		"#pgbaton: name=slowpoke timeout=1s\n@every 2s trap 'echo term >> "+marks+"; exit 9' TERM; sleep 30 & wait\n"+
+		"#pgbaton: name=broken\n@every 1s echo 'something is wrong' >&2; exit 1\n")
+	writeFile(t, b, "#pgbaton: name=shared\n@every 1s echo b\n")
+	pa := startCron(t, dsn, a, "replica-a", "--health-listen", "127.0.0.1:0")
+	pb := startCron(t, dsn, b, "replica-b")
+	addr := healthAddr(t, pa)
+
+	waitUntil(t, 20*time.Second, "a replica reports the drift", func() bool {
+		return strings.Contains(pa.stderr.String()+pb.stderr.String(), "periodic: definition drift")
+	})
+	waitUntil(t, 20*time.Second, "cron status shows the drift", func() bool {
+		code, out, _ := runCLI(t, "cron", "status", "--dsn", dsn, "--job", "shared")
+		return code == 0 && strings.Contains(out, "DRIFT")
+	})
+	waitUntil(t, 20*time.Second, "slowpoke's run is recorded timed out", func() bool {
+		for _, r := range readRuns(t, admin) {
+			if r.Job == "slowpoke" && r.Status == "failed" && strings.Contains(r.Error, "timed out") {
+				return true
+			}
+		}
+		return false
+	})
+	if m, _ := os.ReadFile(marks); !strings.Contains(string(m), "term") {
+		t.Fatalf("the timed-out run never saw SIGTERM (marks %q)", m)
+	}
+	if !strings.Contains(pa.stderr.String(), `"line":"something is wrong"`) || !strings.Contains(pa.stderr.String(), `"stream":"stderr"`) {
+		t.Fatalf("broken's stderr is not in the logs:\n%s", pa.stderr.String())
+	}
+	waitUntil(t, 20*time.Second, "the health endpoint answers 503", func() bool {
+		code, _ := httpGet(t, "http://"+addr+"/")
+		return code == http.StatusServiceUnavailable
+	})
+	if code, body := httpGet(t, "http://"+addr+"/?job=shared"); code != http.StatusOK {
+		t.Fatalf("health of a healthy job: %d %s", code, body)
+	}
+	code, out, _ := runCLI(t, "cron", "status", "--dsn", dsn)
+	if code != exitFailure || !strings.Contains(out, "broken") || !strings.Contains(out, "stale") {
+		t.Fatalf("cron status with a stale job: exit %d\n%s", code, out)
+	}
+	t.Logf("cron status:\n%s", out)
+	for _, p := range []*cronProc{pa, pb} {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		if code := p.exit(20 * time.Second); code != 0 {
+			t.Fatalf("%s: exit %d\n%s", p.instance, code, p.stderr.String())
+		}
+	}
+}
+
+// Processes a job leaves behind are reaped, as PID 1 in a PID namespace
+// (a container) and as a child subreaper otherwise: no zombie stays.
+func TestCronReapsOrphans(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		wrapper []string
+	}{
+		{"subreaper", nil},
+		{"pid 1", []string{"unshare", "--pid", "--fork", "--kill-child"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if tc.wrapper != nil {
+				if err := exec.Command("unshare", "--pid", "--fork", "--kill-child", "true").Run(); err != nil {
+					t.Skipf("no PID namespaces here (unshare: %v)", err)
+				}
+			}
+			dsn, _ := execDB(t, true)
+			crontab := filepath.Join(t.TempDir(), "crontab")
+			// setsid: the helper leaves the job's process group, outlives
+			// the job's shell, and is re-parented to pgbaton.
+			writeFile(t, crontab, "@every 1s setsid sleep 0.2 & echo spawned\n")
+			p := startCronWith(t, tc.wrapper, dsn, crontab, "reaper", "--log-level", "debug")
+			daemon := p.cmd.Process.Pid
+			if tc.wrapper != nil {
+				p.waitLog(`"pid":1,`, 5*time.Second)
+				daemon = childOf(t, daemon)
+			}
+			p.waitLog("cron: reaped an orphaned process", 20*time.Second)
+			p.waitLog("cron: reaped an orphaned process", 20*time.Second)
+			// No zombie among the daemon's children for long: each is reaped
+			// within the reaper's one-second sweep at worst.
+			waitUntil(t, 5*time.Second, "the daemon has no zombie child", func() bool { return len(zombieChildren(t, daemon)) == 0 })
+			if err := syscall.Kill(daemon, syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if code := p.exit(20 * time.Second); code != 0 {
+				t.Fatalf("exit %d\n%s", code, p.stderr.String())
+			}
+		})
+	}
+}
+
+// childOf returns the only child of pid.
+func childOf(t *testing.T, pid int) int {
+	t.Helper()
+	var child int
+	waitUntil(t, 5*time.Second, fmt.Sprintf("process %d has a child", pid), func() bool {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		_, err := fmt.Sscan(string(b), &child)
+		return err == nil
+	})
+	return child
+}
+
+// zombieChildren lists the zombie processes whose parent is pid.
+func zombieChildren(t *testing.T, pid int) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, e := range ents {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		var state string
+		var ppid int
+		if _, err := fmt.Sscan(s[i+1:], &state, &ppid); err == nil && ppid == pid && state == "Z" {
+			var p int
+			_, _ = fmt.Sscan(e.Name(), &p)
+			out = append(out, p)
+		}
+	}
+	return out
 }
