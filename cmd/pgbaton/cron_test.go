@@ -306,6 +306,7 @@ func TestCronCluster(t *testing.T) {
 	// A reload while the slow job runs: the changed job (tick, a new
 	// command) is replaced on every daemon; the run in progress goes on.
 	inFlight := runningSlow(t, admin, ledger)
+	registered := definitionsAt(t, admin)
 	writeAtomically(t, crontab, clusterCrontab(ledger, "v2"))
 	for _, p := range procs {
 		p.waitLog(`"msg":"cron: crontab reloaded"`, 10*time.Second)
@@ -324,6 +325,12 @@ func TestCronCluster(t *testing.T) {
 		}
 		return false
 	})
+	after := definitionsAt(t, admin)
+	for job, at := range registered {
+		if changed := !after[job].Equal(at); changed != (job == "tick") {
+			t.Fatalf("job %s re-registered by the reload: %v (only tick changed)", job, changed)
+		}
+	}
 	for _, p := range procs {
 		if !strings.Contains(p.stderr.String(), `"changed":["tick"]`) {
 			t.Fatalf("%s: reload did not report tick changed:\n%s", p.instance, p.stderr.String())
@@ -349,6 +356,29 @@ func TestCronCluster(t *testing.T) {
 
 	checkExactlyOnce(t, readRuns(t, admin), readLedger(t, ledger), map[string]time.Duration{
 		"tick": time.Second, "slow": 2 * time.Second, "g1": 2 * time.Second, "g2": 3 * time.Second})
+}
+
+// definitionsAt returns when each job's definition was last registered
+// (by a replica adding it).
+func definitionsAt(t *testing.T, admin *pgx.Conn) map[string]time.Time {
+	t.Helper()
+	rows, err := admin.Query(context.Background(), `SELECT job, definition_at FROM pgbaton.periodic_jobs WHERE job NOT LIKE 'pgbaton.%'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]time.Time{}
+	for rows.Next() {
+		var job string
+		var at time.Time
+		if err := rows.Scan(&job, &at); err != nil {
+			t.Fatal(err)
+		}
+		out[job] = at
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // checkExactlyOnce checks the run history and the ledger against each
