@@ -715,3 +715,45 @@ func zombieChildren(t *testing.T, pid int) []int {
 	}
 	return out
 }
+
+// The lock of a running job is lost (its connection's backend terminated):
+// the job's process gets SIGTERM at once, and the run is recorded failed
+// with the loss.
+func TestCronLeaseLoss(t *testing.T) {
+	t.Parallel()
+	dsn, admin := execDB(t, true)
+	dir := t.TempDir()
+	marks, crontab := filepath.Join(dir, "marks"), filepath.Join(dir, "crontab")
+	writeFile(t, crontab, "#pgbaton: name=holder\n@every 1s echo \"pid $$\" >> "+marks+"; trap 'echo term >> "+marks+"; exit 7' TERM; sleep 30 & wait\n")
+	p := startCron(t, dsn, crontab, "lossy")
+	waitForFile(t, marks)
+	var tick time.Time
+	waitUntil(t, 10*time.Second, "the run is recorded running", func() bool {
+		return admin.QueryRow(context.Background(), `SELECT tick FROM pgbaton.periodic_runs WHERE job = 'holder' AND status = 'running'`).Scan(&tick) == nil
+	})
+	// The job's lease lives on a lock connection of the Locker (not the
+	// scheduler's bookkeeping pool): terminate the backend holding it.
+	var n int
+	if err := admin.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l
+		JOIN pg_stat_activity a ON a.pid = l.pid
+		WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'pgbaton:lossy%'`).Scan(&n); err != nil || n == 0 {
+		t.Fatalf("terminated %d lock holders (%v)", n, err)
+	}
+	waitUntil(t, 10*time.Second, "the job's process got SIGTERM", func() bool {
+		b, _ := os.ReadFile(marks)
+		return strings.Contains(string(b), "term")
+	})
+	var status, errText string
+	waitUntil(t, 10*time.Second, "the run is recorded with the loss", func() bool {
+		err := admin.QueryRow(context.Background(), `SELECT status, coalesce(error, '') FROM pgbaton.periodic_runs WHERE job = 'holder' AND tick = $1`, tick).Scan(&status, &errText)
+		return err == nil && status != "running"
+	})
+	if status != "failed" || !strings.Contains(errText, "lost") {
+		t.Fatalf("the run whose lock was lost is recorded %s: %q", status, errText)
+	}
+	t.Logf("recorded %s: %s", status, errText)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.exit(20 * time.Second); code != 0 {
+		t.Fatalf("exit %d\n%s", code, p.stderr.String())
+	}
+}
