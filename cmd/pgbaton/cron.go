@@ -289,7 +289,12 @@ func runCronDaemon(ctx context.Context, out *output, f cronFlags, tab *cronTab, 
 	}
 	cfg.Schema = f.schema
 	base := newCronLogger(out.Stderr, f.logFormat, level)
-	cfg.Logger = base
+	// The Locker's own lines ("lock busy" at every tick on every replica
+	// but one) are noise here: warnings and up, unless --log-level debug.
+	cfg.Logger = newCronLogger(out.Stderr, f.logFormat, max(level, slog.LevelWarn))
+	if level <= slog.LevelDebug {
+		cfg.Logger = base
+	}
 	log := base
 	for _, w := range tab.Warnings {
 		log.Warn("cron: " + w)

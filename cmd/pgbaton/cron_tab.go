@@ -561,18 +561,21 @@ func (j *cronJob) optionsText() string {
 	case j.Timeout < 0:
 		parts = append(parts, "timeout=none")
 	case j.Timeout > 0:
-		parts = append(parts, "timeout="+j.Timeout.String())
+		parts = append(parts, "timeout="+fmtDuration(j.Timeout))
 	default:
-		parts = append(parts, "timeout="+periodic.DefaultTimeout.String())
+		parts = append(parts, "timeout="+fmtDuration(periodic.DefaultTimeout))
 	}
 	parts = append(parts, "overlap="+j.Overlap.String())
 	m := j.Missed.String()
 	if w, ok := strings.CutPrefix(m, "backfill "); ok {
+		if d, err := time.ParseDuration(w); err == nil {
+			w = fmtDuration(d)
+		}
 		m = "backfill:" + w
 	}
 	parts = append(parts, "missed="+m)
 	if j.StartDeadline > 0 {
-		parts = append(parts, "deadline="+j.StartDeadline.String())
+		parts = append(parts, "deadline="+fmtDuration(j.StartDeadline))
 	}
 	if j.Group != "" {
 		parts = append(parts, "group="+j.Group)
@@ -585,4 +588,16 @@ func (j *cronJob) optionsText() string {
 func (j *cronJob) sameDefinition(o *cronJob) bool {
 	return j.Name == o.Name && j.Spec == o.Spec && j.TZ == o.TZ && j.DefHash == o.DefHash &&
 		j.optionsText() == o.optionsText()
+}
+
+// fmtDuration is d as written in a crontab: 30m, 1h, 1h30m, 90s.
+func fmtDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }
