@@ -6,6 +6,8 @@
 //	pgbaton locks [--json] [--watch 2s] [--key NAME] [--stuck-after 5m] [--check]
 //	pgbaton check [--pods N] [--json]
 //	pgbaton migrate up|status|sql
+//	pgbaton cron --crontab FILE [--check] [--health-listen ADDR]
+//	pgbaton cron status [--runs N] [--json]
 //
 // # Commands
 //
