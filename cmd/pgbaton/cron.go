@@ -108,7 +108,8 @@ it).
 
 SIGTERM or SIGINT shut down: stop claiming ticks, SIGTERM every running job,
 SIGKILL what is left after --grace, record every outcome, release every lock.
-Run as PID 1, pgbaton reaps orphaned processes.
+As PID 1 (a container's init) pgbaton reaps orphaned processes; elsewhere on
+Linux it is a child subreaper, so what a job leaves behind is reaped too.
 
 --check validates the file, prints each job with its next ticks, and exits
 (no database needed). 'pgbaton cron status' reads the jobs, their next ticks,
@@ -143,6 +144,7 @@ type cronFlags struct {
 	poll         time.Duration
 	logFormat    string
 	logLevel     string
+	name         string
 }
 
 func runCron(ctx context.Context, out *output, args []string) error {
@@ -162,6 +164,7 @@ func runCron(ctx context.Context, out *output, args []string) error {
 	fs.StringVar(&f.healthListen, "health-listen", "", "serve health on this address, e.g. 127.0.0.1:8081 (200 healthy, 503 not)")
 	fs.DurationVar(&f.poll, "poll", time.Second, "how often to check the crontab for changes (0: only on SIGHUP)")
 	fs.StringVar(&f.logFormat, "log-format", "json", "json or text")
+	fs.StringVar(&f.name, "name", "default", "the crontab's name: replicas running crontabs of one name must run the same file (a difference is reported as drift); give fleets that share a database different names")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (debug shows every replica's 'tick already claimed')")
 	if err := parseFlags(fs, args); err != nil {
 		var ue *usageError
@@ -177,6 +180,8 @@ func runCron(ctx context.Context, out *output, args []string) error {
 		return usagef("--next %d: use 1 to 1000", f.next)
 	case f.grace < 0, f.killAfter < 0, f.poll < 0:
 		return usagef("--grace, --kill-after and --poll must not be negative")
+	case validName("--name", f.name) != nil:
+		return usagef("%v", validName("--name", f.name))
 	case f.logFormat != "json" && f.logFormat != "text":
 		return usagef("--log-format %q: use json or text", f.logFormat)
 	}
@@ -257,6 +262,10 @@ type cronDaemon struct {
 	grace     time.Duration
 	killAfter time.Duration
 	instance  string
+	name      string // --name: the crontab's name across the replicas
+	// fingerprint is the crontab's fingerprint job (see crontabFingerprint);
+	// only the reloader changes it after start.
+	fingerprint cronJob
 
 	mu      sync.Mutex
 	jobs    map[string]cronJob // the jobs added to the scheduler, by name
@@ -323,7 +332,7 @@ func runCronDaemon(ctx context.Context, out *output, f cronFlags, tab *cronTab, 
 		return usagef("--kill-after %s must be below the lock's safety margin %s (the server frees a lost lock %s after it stops hearing from this process; the loss is noticed within LeaseTimeout %s + HeartbeatInterval %s)",
 			f.killAfter, margin, rc.ServerReleaseTimeout(), rc.LeaseTimeout, rc.HeartbeatInterval)
 	}
-	d := &cronDaemon{log: log, path: f.crontab, locker: l, grace: f.grace, killAfter: f.killAfter, instance: rc.InstanceName,
+	d := &cronDaemon{log: log, path: f.crontab, name: f.name, locker: l, grace: f.grace, killAfter: f.killAfter, instance: rc.InstanceName,
 		jobs: map[string]cronJob{}, running: map[int]*cronRunning{}, reloadC: make(chan string, 1), reloadDone: make(chan struct{})}
 	d.reaper = newCronReaper(log)
 	sched, err := periodic.New(startCtx, periodic.Config{
@@ -364,6 +373,12 @@ func runCronDaemon(ctx context.Context, out *output, f cronFlags, tab *cronTab, 
 			return &exitCodeError{code: cronExitCrontab}
 		}
 		d.jobs[j.Name] = j
+	}
+	d.fingerprint = crontabFingerprint(f.name, tab)
+	if err := sched.Add(d.fingerprintJob()); err != nil {
+		log.Error("cron: cannot schedule the crontab's fingerprint job", "err", err.Error())
+		d.stop("invalid job", srv)
+		return &exitCodeError{code: cronExitCrontab}
 	}
 	log.Info("cron: started", "pid", os.Getpid(), "crontab", f.crontab, "file_hash", tab.Hash, "jobs", len(tab.Jobs), "names", jobNames(tab.Jobs))
 
@@ -526,6 +541,18 @@ func (d *cronDaemon) reload(ctx context.Context, reason string) {
 		d.jobs[n] = next[n]
 	}
 	d.mu.Unlock()
+	if fp := crontabFingerprint(d.name, tab); fp.DefHash != d.fingerprint.DefHash {
+		rctx, cancel := context.WithTimeout(ctx, d.grace)
+		err := d.sched.Remove(rctx, fp.Name)
+		cancel()
+		if err != nil && !errors.Is(err, periodic.ErrUnknownJob) {
+			d.log.Error("cron: reload: replacing the crontab's fingerprint job", "err", err.Error())
+		}
+		d.fingerprint = fp
+		if err := d.sched.Add(d.fingerprintJob()); err != nil && ctx.Err() == nil {
+			d.log.Error("cron: reload: replacing the crontab's fingerprint job", "err", err.Error())
+		}
+	}
 	d.log.Info("cron: crontab reloaded", "reason", reason, "file_hash", tab.Hash,
 		"added", added, "removed", removed, "changed", changed, "unchanged", len(kept))
 }
@@ -566,6 +593,32 @@ func (d *cronDaemon) stop(reason string, srv *http.Server) int {
 	}
 	d.log.Info("cron: stopped; every outcome recorded", "reason", reason)
 	return 0
+}
+
+// crontabFingerprint is the job "crontab:NAME": a no-op every minute whose
+// definition hashes the whole crontab (every job's name, schedule, what it
+// runs and options). Replicas running different crontabs of one name, a
+// job more or less included, so report periodic's definition drift on it,
+// even for jobs whose identity (a hash) differs between the files.
+func crontabFingerprint(name string, tab *cronTab) cronJob {
+	var b strings.Builder
+	for _, j := range tab.Jobs {
+		fmt.Fprintf(&b, "%s\x00%s\x00%s\n", j.Name, j.Schedule.String(), j.optionsText())
+	}
+	sum := sha256.Sum256([]byte(b.String()))
+	def := hex.EncodeToString(sum[:8])
+	inner := periodic.Every(time.Minute)
+	return cronJob{Name: "crontab:" + name, Spec: "@every 1m", DefHash: def, Explicit: true,
+		Schedule: &tabSchedule{inner: inner, text: tabScheduleText("@every 1m", "", def)}}
+}
+
+func (d *cronDaemon) fingerprintJob() periodic.Job {
+	return periodic.Job{
+		Name:     d.fingerprint.Name,
+		Schedule: d.fingerprint.Schedule,
+		Timeout:  time.Minute,
+		Run:      func(context.Context, periodic.Run) error { return nil },
+	}
 }
 
 func (d *cronDaemon) periodicJob(j cronJob) periodic.Job {

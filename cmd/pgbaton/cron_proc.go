@@ -17,9 +17,10 @@ import (
 )
 
 // cronReaper starts the jobs' processes and reaps every child of the
-// daemon: its own (whose status it hands to the waiting run) and, when the
-// daemon is PID 1 in a container, the orphans the kernel re-parents to it,
-// which would otherwise stay zombies. One loop calls wait4(-1) on SIGCHLD
+// daemon: its own (whose status it hands to the waiting run) and the
+// orphans the kernel re-parents to it, which would otherwise stay zombies:
+// when the daemon is PID 1 in a container, and on Linux always, since it
+// makes itself a child subreaper. One loop calls wait4(-1) on SIGCHLD
 // (and every second, in case signals were coalesced); forks and reaps are
 // serialised by mu, so a child is always registered before it can be
 // reaped.

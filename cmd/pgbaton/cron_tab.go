@@ -356,8 +356,10 @@ func validName(what, s string) error {
 	switch {
 	case len(s) > periodic.MaxJobNameLen-10:
 		return fmt.Errorf("%s %q: %d bytes; use at most %d", what, s, len(s), periodic.MaxJobNameLen-10)
-	case strings.HasPrefix(s, "pgbaton."):
-		return fmt.Errorf("%s %q: the prefix pgbaton. is reserved", what, s)
+	case s == "":
+		return fmt.Errorf("%s: empty", what)
+	case strings.HasPrefix(s, "pgbaton."), strings.HasPrefix(s, "crontab:"):
+		return fmt.Errorf("%s %q: the prefixes pgbaton. and crontab: are reserved", what, s)
 	case strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) >= 0:
 		return fmt.Errorf("%s %q: use printable characters without spaces", what, s)
 	}
