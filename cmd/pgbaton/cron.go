@@ -102,9 +102,16 @@ SIGTERM, then SIGKILL after --kill-after.
 SIGHUP, or a change of the file (checked every --poll), reloads the crontab:
 jobs added start, jobs removed or changed stop after their current run
 (SIGTERM after --grace), unchanged jobs and their runs go on. An invalid file
-is reported and the previous crontab stays in force. Replicas whose crontabs
-differ report a "definition drift" warning (and pgbaton cron status shows
-it).
+is reported and the previous crontab stays in force.
+
+Replicas whose crontabs differ report it: a job of one name defined
+differently (schedule, options, command, environment, shell) logs a
+"periodic: definition drift" warning, and so does the job "crontab:NAME"
+(--name, default "default"), a no-op every minute whose definition hashes the
+whole file, so that a job present in one replica's file and not another's is
+seen too. pgbaton cron status shows the drift (within a minute for the
+crontab as a whole). Fleets that share a database with different crontabs
+need different --name values.
 
 SIGTERM or SIGINT shut down: stop claiming ticks, SIGTERM every running job,
 SIGKILL what is left after --grace, record every outcome, release every lock.
