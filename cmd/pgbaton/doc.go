@@ -7,6 +7,8 @@
 //	pgbaton check [--pods N] [--json]
 //	pgbaton migrate up|status|sql
 //	pgbaton web [--listen 127.0.0.1:8080] [--interval 5s]
+//	pgbaton cron --crontab FILE [--check] [--health-listen ADDR]
+//	pgbaton cron status [--runs N] [--json]
 //
 // # Commands
 //
