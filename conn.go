@@ -520,6 +520,29 @@ func (c *lockConn) refresh() error {
 	})
 }
 
+// answered reports whether err is the server's answer on a connection that
+// is still open (an operator's cancel landing on a statement, say): the
+// round trip confirmed the connection, and a session lock it holds is held.
+func (c *lockConn) answered(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && c.failedErr() == nil
+}
+
+// endXact rolls back the transaction a failed WithXactLock acquisition left
+// open (its xact lock is already gone with the error, or goes now), so the
+// connection is reused idle; if that fails the connection is closed.
+func (c *lockConn) endXact() {
+	_ = c.do(time.Now().Add(c.l.cfg.ReleaseTimeout), func(ctx context.Context) error {
+		if c.pg.TxStatus() == 'I' {
+			return nil
+		}
+		if _, err := c.pg.Exec(ctx, "ROLLBACK").ReadAll(); err != nil || c.pg.TxStatus() != 'I' {
+			c.failLocked(fmt.Errorf("%w: ending a failed lock transaction: %v", errLockStateUnknown, err))
+		}
+		return nil
+	})
+}
+
 func (c *lockConn) hasLeasesOrWaiting() bool {
 	if c.hasLeases() {
 		return true

@@ -543,7 +543,12 @@ func (l *Locker) blockingWait(ctx context.Context, c *lockConn, key Key, mode Mo
 		gaveUp := context.Cause(wctx)
 		cancel(nil)
 		if err == nil {
-			err = c.refresh()
+			// A server error answering the confirmation (a cancel landing
+			// on it) still confirms the connection, and the session lock
+			// is held: only a failed connection ends the grant here.
+			if rerr := c.refresh(); rerr != nil && !c.answered(rerr) {
+				err = rerr
+			}
 		}
 		if err == nil && gaveUp != nil {
 			// Granted just as the caller gave up: hand it back.

@@ -110,7 +110,6 @@ func waitLongerThanHalfLease(t *testing.T, admin *pgx.Conn) {
 // its Release unlocks once: the key stays locked on a live lock connection
 // with no lease, forever.
 func TestRedteamRefreshCancelledAfterWaitLeaksLock(t *testing.T) {
-	redteamSkip(t, "a cancel landing on refresh()'s SELECT 1 after a granted wait is retried as a cancelled wait; the re-entrant re-grant leaks one lock count")
 	t.Parallel()
 	dsn := pgtest.Shared().NewDatabase(t)
 	admin := adminConn(t, dsn)
@@ -154,7 +153,6 @@ func TestRedteamRefreshCancelledAfterWaitLeaksLock(t *testing.T) {
 // the lock connection goes back into service "idle in transaction
 // (aborted)", and the next lock statement on it fails (25P02).
 func TestRedteamRefreshCancelledAfterXactLockLeaksTransaction(t *testing.T) {
-	redteamSkip(t, "WithXactLock returns refresh()'s error without ending the (aborted) transaction it opened; the connection is reused in it and the next try fails")
 	t.Parallel()
 	dsn := pgtest.Shared().NewDatabase(t)
 	admin := adminConn(t, dsn)
@@ -179,6 +177,11 @@ func TestRedteamRefreshCancelledAfterXactLockLeaksTransaction(t *testing.T) {
 	cancelSlowProbe(t, admin, hit)
 	err = <-got
 	t.Logf("WithXactLock = %v (fn ran: %v)", err, ran)
+	// The cancel aborted the lock's transaction, freeing the lock: fn must
+	// not run believing it holds it, and the caller gets the error.
+	if ran || err == nil {
+		t.Fatalf("WithXactLock ran fn (%v) or returned nil (%v) after its transaction was aborted", ran, err)
+	}
 	mustBeFree(t, admin, k, "after WithXactLock returned")
 	n := idleInTx(t, admin)
 	// The connection goes back into service: the next lock on it must work.

@@ -109,7 +109,12 @@ func (l *Locker) beginXact(ctx context.Context, key Key, o acquireOptions, start
 	}
 	token, err := c.beginXactLock(ctx, l.closeCtx, key, o.mode, time.Until(deadline))
 	if err == nil {
-		err = c.refresh()
+		// Unlike a session lock, an error inside the transaction (a cancel
+		// landing on the confirmation) aborts it and frees the lock: end
+		// the transaction and report the failure.
+		if err = c.refresh(); err != nil && c.answered(err) {
+			c.endXact()
+		}
 	}
 	if err != nil {
 		l.done(c)
