@@ -215,7 +215,6 @@ func TestRedteamBoundsServerStoppedAndFull(t *testing.T) {
 	timeClose(t, l, "stopped:")
 }
 
-
 // Close "within about 300 ms even under a black hole" waits for the key-name
 // writer: its last flush of names noted since the previous one dials a new
 // connection bounded at 1 s, and a periodic flush already dialling when

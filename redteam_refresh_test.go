@@ -196,4 +196,3 @@ func TestRedteamRefreshCancelledAfterXactLockLeaksTransaction(t *testing.T) {
 		t.Fatalf("after WithXactLock returned: %d lock sessions idle in (aborted) transaction; the next TryAcquire on the Locker = %v", n, terr)
 	}
 }
-
