@@ -216,7 +216,7 @@ func TestClose(t *testing.T) {
 	admin := adminConn(t, dsn)
 	waitFor(t, 10*time.Second, "the wait to queue", func() bool {
 		var n int
-		_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").Scan(&n)
+		_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").Scan(&n)
 		return n == 1
 	})
 	if err := l.Close(); err != nil {
@@ -306,7 +306,7 @@ func TestCloseBoundedUnderBlackHole(t *testing.T) {
 	admin := adminConn(t, dsn)
 	waitFor(t, 10*time.Second, "the wait to queue", func() bool {
 		var n int
-		_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").Scan(&n)
+		_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").Scan(&n)
 		return n == 1
 	})
 	p.BlackHole()

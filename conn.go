@@ -145,7 +145,12 @@ func (c *lockConn) setup(ctx context.Context) error {
 			return fmt.Errorf("%w: this role cannot draw fencing tokens (%s)", ErrPermission, grants)
 		}
 		if res.Err == nil {
+			// Two statements, two transactions: the bump commits (durably)
+			// before the counter is marked used (see the migration).
 			_, res.Err = c.pg.Exec(ctx, "SELECT "+schema+".fence_prepare()").ReadAll()
+		}
+		if res.Err == nil {
+			_, res.Err = c.pg.Exec(ctx, "SELECT nextval('"+schema+".fence_counter')").ReadAll()
 		}
 		if isCode(res.Err, "42501") {
 			return fmt.Errorf("%w: preparing fencing tokens: %w (%s)", ErrPermission, res.Err, grants)

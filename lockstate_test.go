@@ -213,7 +213,7 @@ func TestWaitSurvivesServerCancel(t *testing.T) {
 	}()
 	var pid int
 	waitFor(t, 10*time.Second, "the waiter to queue", func() bool {
-		_ = admin.QueryRow(ctx, `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&pid)
+		_ = admin.QueryRow(ctx, `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&pid)
 		return pid != 0
 	})
 	if _, err := admin.Exec(ctx, "SELECT pg_cancel_backend($1)", pid); err != nil {
@@ -222,7 +222,7 @@ func TestWaitSurvivesServerCancel(t *testing.T) {
 	// Queued again after the cancel.
 	waitFor(t, 10*time.Second, "the waiter to queue again", func() bool {
 		var n int
-		_ = admin.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&n)
+		_ = admin.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&n)
 		return n == 1
 	})
 	if err := h.Release(); err != nil {

@@ -95,7 +95,7 @@ func waitLongerThanHalfLease(t *testing.T, admin *pgx.Conn) {
 	t.Helper()
 	waitFor(t, 10*time.Second, "the wait to queue", func() bool {
 		var n int
-		_ = admin.QueryRow(testCtx(t), "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").Scan(&n)
+		_ = admin.QueryRow(testCtx(t), "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").Scan(&n)
 		return n == 1
 	})
 	time.Sleep(450 * time.Millisecond) // > LeaseTimeout/2: the grant's answer is then too old to be trusted alone

@@ -68,12 +68,12 @@ func rtTake(t *testing.T, l *Locker, key Key) int64 {
 func fmtTok(v int64) string { return fmt.Sprintf("%d (epoch %d, counter %d)", v, v>>44, v&(1<<44-1)) }
 
 // Package periodic draws tokens with <schema>.fence_next() on the
-// application's pool (periodic/store.go), on sessions that never run
-// fence_prepare(). After a crash the first such draw marks the reset counter
-// as called, so the epoch is never bumped: the periodic run's token, and
-// then every Locker token, goes back below the tokens handed out before.
+// application's pool (periodic/store.go), on sessions that never ran
+// fence_prepare(). After a crash the first such draw used to mark the reset
+// counter as called, so the epoch was never bumped and tokens went back.
+// Now fence_next() refuses (PB001) until the epoch is bumped; periodic then
+// runs fence_prepare() and marks the counter, as lock sessions do.
 func TestRedteamTokenFenceNextAfterCrashGoesBack(t *testing.T) {
-	redteamSkip(t, "fence_next() (periodic runs) draws from the reset counter after a crash without fence_prepare(), so the epoch is not bumped and tokens go back")
 	t.Parallel()
 	c, dsn, admin := rtCluster(t)
 	ctx := testCtx(t)
@@ -93,7 +93,18 @@ func TestRedteamTokenFenceNextAfterCrashGoesBack(t *testing.T) {
 	}
 	// A periodic run claims its tick first (as periodic's store does).
 	var periodicAfter int64
-	if err := admin().QueryRow(ctx, "SELECT pgbaton.fence_next()").Scan(&periodicAfter); err != nil {
+	raw := admin()
+	err := raw.QueryRow(ctx, "SELECT pgbaton.fence_next()").Scan(&periodicAfter)
+	if !isCode(err, "PB001") {
+		t.Fatalf("the first draw after a crash, before any epoch bump: %v (token %s), want refused with PB001", err, fmtTok(periodicAfter))
+	}
+	if _, err := raw.Exec(ctx, "SELECT pgbaton.fence_prepare()"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec(ctx, "SELECT nextval('pgbaton.fence_counter')"); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.QueryRow(ctx, "SELECT pgbaton.fence_next()").Scan(&periodicAfter); err != nil {
 		t.Fatal(err)
 	}
 	after := rtTake(t, l, key)

@@ -57,7 +57,7 @@ func BenchmarkSnapshot10k(b *testing.B) {
 	admin := open("inspector")
 	waitCount := func() int {
 		var n int
-		_ = admin.QueryRow(ctx, "SELECT count(*) FILTER (WHERE NOT granted) FROM pg_locks WHERE locktype = 'advisory'").Scan(&n)
+		_ = admin.QueryRow(ctx, "SELECT count(*) FILTER (WHERE NOT granted) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").Scan(&n)
 		return n
 	}
 	for waitCount() < waiters {

@@ -67,7 +67,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 // waiting reports whether pid waits for an advisory lock.
 func waiting(t testing.TB, admin *pgx.Conn, pid uint32) bool {
 	var n int
-	if err := admin.QueryRow(testCtx(t), `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND pid = $1`, int(pid)).Scan(&n); err != nil {
+	if err := admin.QueryRow(testCtx(t), `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND pid = $1`, int(pid)).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n > 0

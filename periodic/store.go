@@ -181,7 +181,15 @@ type claim struct {
 
 // claimFast tries the one-statement claim of tick, expecting the cursor at
 // prev. ok is false if the cursor was elsewhere, the tick not due or late.
-func (st *store) claimFast(ctx context.Context, j *jobState, tick, prev time.Time, lockKey int64, token *int64) (c claim, ok bool, err error) {
+func (st *store) claimFast(ctx context.Context, j *jobState, tick, prev time.Time, lockKey int64, token *int64) (claim, bool, error) {
+	c, ok, err := st.claimFastOnce(ctx, j, tick, prev, lockKey, token)
+	if isFenceReset(err) && st.prepareFence(ctx) == nil {
+		c, ok, err = st.claimFastOnce(ctx, j, tick, prev, lockKey, token)
+	}
+	return c, ok, err
+}
+
+func (st *store) claimFastOnce(ctx context.Context, j *jobState, tick, prev time.Time, lockKey int64, token *int64) (c claim, ok bool, err error) {
 	ctx, cancel := st.op(ctx)
 	defer cancel()
 	fire := fireAt(j.Schedule, j.Name, tick)
@@ -211,6 +219,14 @@ func (st *store) claimFast(ctx context.Context, j *jobState, tick, prev time.Tim
 // claimSlow decides under the job row's lock what the due ticks since the
 // cursor become, records the missed ones, and claims the first runnable one.
 func (st *store) claimSlow(ctx context.Context, j *jobState, lockKey int64, token *int64, runOnStart bool) (claim, error) {
+	c, err := st.claimSlowOnce(ctx, j, lockKey, token, runOnStart)
+	if isFenceReset(err) && st.prepareFence(ctx) == nil {
+		c, err = st.claimSlowOnce(ctx, j, lockKey, token, runOnStart)
+	}
+	return c, err
+}
+
+func (st *store) claimSlowOnce(ctx context.Context, j *jobState, lockKey int64, token *int64, runOnStart bool) (claim, error) {
 	ctx, cancel := st.op(ctx)
 	defer cancel()
 	var c claim
@@ -375,6 +391,28 @@ func (st *store) prune(ctx context.Context, cutoff time.Time, batch int) (int64,
 			return total, nil
 		}
 	}
+}
+
+// isFenceReset reports fence_next()'s refusal to draw from a counter that a
+// crash or a promotion reset before anyone bumped the epoch
+// (migrations/005_fast_tokens.sql).
+func isFenceReset(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "PB001"
+}
+
+// prepareFence bumps the fencing epoch after a reset of the counter, durably,
+// then marks the counter used, so that fence_next() draws again: what every
+// lock session does at connect.
+func (st *store) prepareFence(ctx context.Context) error {
+	ctx, cancel := st.op(ctx)
+	defer cancel()
+	schema := strings.TrimSuffix(st.fence, ".fence_next()")
+	if _, err := st.pool.Exec(ctx, "SELECT "+schema+".fence_prepare()"); err != nil {
+		return err
+	}
+	_, err := st.pool.Exec(ctx, "SELECT nextval('"+strings.ReplaceAll(schema, "'", "''")+".fence_counter')")
+	return err
 }
 
 // checkSchema returns ErrNotMigrated if the tables are missing.

@@ -245,7 +245,7 @@ func newFixture(ctx context.Context, t *testing.T) *fixture {
 	t.Cleanup(func() { _ = f.lease.Release() })
 	waitFor(t, "the waiter to queue", func() bool {
 		var n int
-		return admin.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&n) == nil && n == 1
+		return admin.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&n) == nil && n == 1
 	})
 
 	events := make(chan periodic.Event, 64)
