@@ -148,8 +148,12 @@ func (l *Locker) noteName(key Key) {
 	go l.nameWriter(n.stop, n.done)
 }
 
-// closeNames stops the writer after a last write (bounded by a second):
-// the hook in Close.
+// nameLastFlush bounds the writer's last flush at Close.
+const nameLastFlush = 200 * time.Millisecond
+
+// closeNames stops the writer after a last write (bounded by
+// nameLastFlush): the hook in Close, run alongside the closing of the lock
+// connections.
 func (l *Locker) closeNames() {
 	n := &l.names
 	n.mu.Lock()
@@ -187,7 +191,13 @@ func (l *Locker) nameWriter(stop <-chan struct{}, done chan<- struct{}) {
 		if len(keys) == 0 {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), bound)
+		// Close ends a periodic flush at once (its context is the
+		// Locker's); the last flush gets a context of its own.
+		parent := l.closeCtx
+		if bound == nameLastFlush {
+			parent = context.Background()
+		}
+		ctx, cancel := context.WithTimeout(parent, bound)
 		defer cancel()
 		prune := time.Now().After(pruneAt)
 		err := l.writeNames(ctx, keys, prune)
@@ -211,7 +221,10 @@ func (l *Locker) nameWriter(stop <-chan struct{}, done chan<- struct{}) {
 	for {
 		select {
 		case <-stop:
-			write(time.Second)
+			// The last flush: short, so that Close stays bounded when the
+			// server does not answer (the names are noted again by the
+			// next process that uses them).
+			write(nameLastFlush)
 			return
 		case <-t.C:
 			write(l.cfg.ConnectTimeout)
