@@ -768,6 +768,14 @@ func (d *cronDaemon) runProcess(ctx context.Context, j cronJob, run periodic.Run
 	pid := st.c.pid
 	begin := time.Now()
 	log.Info("cron: command started", "pid", pid, "kind", string(run.Kind))
+	// If the daemon dies, the job's whole group dies with it (the
+	// parent-death signal reaches only the shell); the reaper collects the
+	// watchdog.
+	if stop, err := groupWatchdog(pid, false); err == nil {
+		defer stop()
+	} else {
+		log.Warn("cron: no watchdog for the job's process group", "err", err.Error())
+	}
 	var readers sync.WaitGroup
 	for i, stream := range []string{"stdout", "stderr"} {
 		readers.Add(1)

@@ -44,13 +44,16 @@
 // SIGTERM, then SIGKILL after -kill-after, which must stay below the margin
 // ServerReleaseTimeout - LeaseTimeout - HeartbeatInterval (about 1 s with
 // the defaults): the command is stopped before the server can give the lock
-// to anyone else, except when this process itself is frozen. On Linux the
-// command is started with a parent-death signal (SIGKILL), from a thread
-// locked for its lifetime, so it dies with pgbaton. Exit statuses follow
+// to anyone else, except when this process itself is frozen. If pgbaton
+// dies (even by SIGKILL), the command's whole process group is killed: on
+// Linux the command has a parent-death signal (from a thread locked for its
+// lifetime), and a small watchdog (sh reading a pipe only pgbaton holds)
+// kills the group when that pipe closes. Exit statuses follow
 // timeout(1): the command's own; 75 busy; 124 lock lost; 125 pgbaton failed;
 // 126 cannot execute; 127 not found; 128+N killed by signal N. Not
-// guaranteed: grandchildren that leave the process group (setsid, daemons)
-// are not signalled, and outside Linux there is no parent-death signal.
+// guaranteed: processes that leave the group (setsid, daemons) are not
+// signalled, and a command that exits leaving processes of its group
+// behind frees the lock while they run (as flock(1) does).
 //
 // # Why the standard flag package
 //

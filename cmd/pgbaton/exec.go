@@ -63,8 +63,8 @@ once and SIGKILL after -kill-after, which must stay below the margin between
 this process noticing the loss and the server freeing the lock (about 1 s with
 the defaults; PGBATON_LEASE_TIMEOUT_MS and PGBATON_HEARTBEAT_INTERVAL_MS widen
 it). What COMMAND could still do within that margin is what fencing tokens are
-for. If pgbaton itself dies, COMMAND is killed (parent-death signal). pgbaton
-never exits before COMMAND is reaped.
+for. If pgbaton itself dies, COMMAND's process group is killed (a parent-death
+signal and a watchdog). pgbaton never exits before COMMAND is reaped.
 
 The database: -dsn, else DATABASE_URL, else the standard PG* variables.
 
@@ -276,6 +276,13 @@ func superviseChild(path string, argv, env []string, lease *pgbaton.Lease, sigs 
 		return childResult{startErr: err}
 	}
 	pgid := cmd.Process.Pid
+	// If pgbaton dies, the command's whole group dies with it, not only the
+	// command (the parent-death signal's reach).
+	if stop, err := groupWatchdog(pgid, true); err == nil {
+		defer stop()
+	} else {
+		ev.error("watchdog", err)
+	}
 	var res childResult
 	var kill <-chan time.Time
 	lostC := lease.Done()

@@ -198,7 +198,8 @@ func waitExit(t *testing.T, cmd *exec.Cmd, within time.Duration, stderr *bytes.B
 	}
 }
 
-func childAlive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+// childAlive reports whether pid runs (a zombie awaiting its reaper does not).
+func childAlive(pid int) bool { return alive(pid) }
 
 // jsonEvents parses the -json lines of stderr (the child shares stderr, so
 // lines that do not start with '{' are the child's).

@@ -59,7 +59,6 @@ func readMark(t *testing.T, marks, tag string) int {
 // step behind: it goes on without the lock, which the server freed when
 // pgbaton's connection closed.
 func TestRedteamExecGrandchildOutlivesSIGKILL(t *testing.T) {
-	redteamSkip(t, "PR_SET_PDEATHSIG kills only the direct child; the rest of COMMAND's process group runs on after pgbaton is SIGKILLed and the lock is freed")
 	t.Parallel()
 	dsn, admin := execDB(t, false)
 	marks := filepath.Join(t.TempDir(), "marks")
