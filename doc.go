@@ -97,7 +97,10 @@
 // connection and reports its leases lost. Hence every error from
 // TryAcquire, Acquire, WithLock or WithXactLock means the caller holds
 // nothing and the key is free of this Locker; a Release that an operator's
-// pg_cancel_backend interrupts is completed, not reported as a loss; a
+// pg_cancel_backend interrupts is completed, not reported as a loss (unless
+// another lease shares that key on the same session, which the Locker
+// avoids when it has a connection to spare: then the connection is closed
+// and its leases are reported lost); a
 // heartbeat that the server answers with an error (a cancel) still proves the
 // connection alive; and a blocking wait cancelled by the server waits again
 // for what is left of its bound ([ErrStatementCanceled] if a try is
