@@ -138,8 +138,8 @@ func (c *lockConn) setup(ctx context.Context) error {
 		// Before this session draws a token: bump the epoch if the unlogged
 		// counter was reset (a crash, a promotion), durably. And refuse now,
 		// by name, a role that could not draw one at its first grant.
-		grants := fmt.Sprintf("GRANT SELECT ON %[1]s.fence_epoch TO <role>; GRANT USAGE ON SEQUENCE %[1]s.fence_counter TO <role>; GRANT EXECUTE ON FUNCTION %[1]s.fence_prepare(), %[1]s.fence_next() TO <role>; pgbaton migrate sql prints every grant", schema)
-		res := c.pg.ExecParams(ctx, "SELECT has_table_privilege($1, 'SELECT') AND has_sequence_privilege($2, 'USAGE')",
+		grants := fmt.Sprintf("GRANT SELECT ON %[1]s.fence_epoch TO <role>; GRANT SELECT, USAGE ON SEQUENCE %[1]s.fence_counter TO <role>; GRANT EXECUTE ON FUNCTION %[1]s.fence_prepare(), %[1]s.fence_next() TO <role>; pgbaton migrate sql prints every grant", schema)
+		res := c.pg.ExecParams(ctx, "SELECT has_table_privilege($1, 'SELECT') AND has_sequence_privilege($2, 'SELECT') AND has_sequence_privilege($2, 'USAGE')",
 			[][]byte{[]byte(schema + ".fence_epoch"), []byte(schema + ".fence_counter")}, nil, nil, nil).Read()
 		if res.Err == nil && (len(res.Rows) != 1 || string(res.Rows[0][0]) != "t") {
 			return fmt.Errorf("%w: this role cannot draw fencing tokens (%s)", ErrPermission, grants)

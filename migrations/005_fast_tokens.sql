@@ -29,7 +29,7 @@ ON CONFLICT DO NOTHING;
 -- marks the counter used with nextval, so that any session that sees the
 -- counter used also sees the bumped epoch. SECURITY DEFINER so an application
 -- role needs only EXECUTE here (PUBLIC has it), SELECT on fence_epoch and
--- USAGE on fence_counter.
+-- SELECT and USAGE on fence_counter.
 CREATE OR REPLACE FUNCTION {{schema}}.fence_prepare() RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
