@@ -1,0 +1,414 @@
+// Command scale measures how pgbaton's costs grow with the keys one process
+// holds and with the instances (Lockers) that share a cluster, on a durable
+// pgtest cluster (fsync, synchronous_commit and full_page_writes on):
+//
+//   - keys: one Locker holding K leases (K up to 10,000): Go heap per lease,
+//     process RSS, goroutines, lock connections, the process's and its
+//     backends' CPU while idle (heartbeats), the time to take and release
+//     them all, the latency of a TryAcquire+Release of one more key on the
+//     same Locker, and the latency of another session's queries (SELECT 1,
+//     a try+unlock of its own advisory key, and a count(*) of pg_locks as a
+//     monitoring query would run) with and without the leases held.
+//
+//   - instances: N idle Lockers in this process, each holding one lease:
+//     connections, heartbeat CPU of the process and of the backends, and the
+//     latency of another Locker's TryAcquire+Release.
+//
+//     cd bench && go run ./scale
+//
+// BENCHMARKS.md ("Scale") quotes its output.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgbaton/pgbaton"
+	"github.com/pgbaton/pgbaton/pgtest"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "scale:", err)
+		os.Exit(1)
+	}
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func cpuSelf() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPU is a process's user+system CPU from /proc (clock ticks of 10 ms).
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	// fields after "(comm) ": state=0 ... utime=11 stime=12
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+st) * 10 * time.Millisecond
+}
+
+func rssKB(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			f := strings.Fields(line)
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func heap() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// backends returns the PIDs of the sessions whose application_name starts
+// with prefix.
+func backends(ctx context.Context, admin *pgx.Conn, prefix string) ([]int, error) {
+	rows, err := admin.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE application_name LIKE $1 || '%'", prefix)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[int])
+}
+
+// idleCPU measures this process's CPU and the CPU of the given backends
+// over d, in ms per second.
+func idleCPU(pids []int, d time.Duration) (self, server float64) {
+	s0 := cpuSelf()
+	var b0 time.Duration
+	for _, p := range pids {
+		b0 += procCPU(p)
+	}
+	time.Sleep(d)
+	s1 := cpuSelf()
+	var b1 time.Duration
+	for _, p := range pids {
+		b1 += procCPU(p)
+	}
+	sec := d.Seconds()
+	return float64(s1-s0) / 1e6 / sec, float64(b1-b0) / 1e6 / sec
+}
+
+type lat struct{ p50, p99 time.Duration }
+
+func (l lat) String() string {
+	return fmt.Sprintf("%.0f / %.0f µs", float64(l.p50.Nanoseconds())/1e3, float64(l.p99.Nanoseconds())/1e3)
+}
+
+func latencies(n int, f func() error) (lat, error) {
+	d := make([]time.Duration, 0, n)
+	for range n {
+		t := time.Now()
+		if err := f(); err != nil {
+			return lat{}, err
+		}
+		d = append(d, time.Since(t))
+	}
+	slices.Sort(d)
+	return lat{d[len(d)/2], d[len(d)*99/100]}, nil
+}
+
+// other is another session's queries, for their latency.
+type other struct {
+	conn *pgx.Conn
+	key  int64
+}
+
+func (o other) measure(ctx context.Context, n int) (sel, adv, locks lat, err error) {
+	if sel, err = latencies(n, func() error { _, err := o.conn.Exec(ctx, "SELECT 1"); return err }); err != nil {
+		return
+	}
+	if adv, err = latencies(n, func() error {
+		var a, b bool
+		if err := o.conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1::int8)", o.key).Scan(&a); err != nil {
+			return err
+		}
+		if err := o.conn.QueryRow(ctx, "SELECT pg_advisory_unlock($1::int8)", o.key).Scan(&b); err != nil {
+			return err
+		}
+		if !a || !b {
+			return errors.New("other session: advisory key busy")
+		}
+		return nil
+	}); err != nil {
+		return
+	}
+	locks, err = latencies(max(n/20, 20), func() error {
+		var c int
+		return o.conn.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").Scan(&c)
+	})
+	return
+}
+
+func acquireAll(ctx context.Context, l *pgbaton.Locker, base int64, k int) ([]*pgbaton.Lease, time.Duration, error) {
+	leases := make([]*pgbaton.Lease, k)
+	const g = 8
+	var wg sync.WaitGroup
+	errs := make([]error, g)
+	t := time.Now()
+	for w := range g {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < k; i += g {
+				ls, err := l.TryAcquire(ctx, pgbaton.KeyInt64(base+int64(i)))
+				if err != nil {
+					errs[w] = fmt.Errorf("lease %d of %d: %w", i, k, err)
+					return
+				}
+				leases[i] = ls
+			}
+		}()
+	}
+	wg.Wait()
+	return leases, time.Since(t), errors.Join(errs...)
+}
+
+func releaseAll(leases []*pgbaton.Lease) (time.Duration, error) {
+	t := time.Now()
+	var errs []error
+	for _, ls := range leases {
+		if ls != nil {
+			if err := ls.Release(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return time.Since(t), errors.Join(errs...)
+}
+
+func run() error {
+	keysFlag := flag.String("keys", "0,100,1000,10000", "held-key counts to measure")
+	perConn := flag.String("per-conn", "100,500", "MaxLocksPerConn values to measure at the largest key count (MaxConns = keys / per-conn)")
+	instFlag := flag.String("instances", "1,16,64", "idle instance counts to measure")
+	window := flag.Duration("window", 10*time.Second, "idle CPU measurement window")
+	n := flag.Int("n", 2000, "samples per latency")
+	durable := flag.Bool("durable", true, "durable cluster (fsync, synchronous_commit, full_page_writes on)")
+	flag.Parse()
+	ints := func(s string) ([]int, error) {
+		var r []int
+		for _, f := range strings.Split(s, ",") {
+			v, err := strconv.Atoi(f)
+			if err != nil {
+				return nil, fmt.Errorf("bad list %q", s)
+			}
+			r = append(r, v)
+		}
+		return r, nil
+	}
+	keys, err := ints(*keysFlag)
+	if err != nil {
+		return err
+	}
+	pcs, err := ints(*perConn)
+	if err != nil {
+		return err
+	}
+	insts, err := ints(*instFlag)
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	c, err := pgtest.Start(ctx, pgtest.Options{Durable: *durable, Settings: map[string]string{"max_connections": "400"}})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = c.Close() }()
+	if err := c.CreateDatabase(ctx, "scale"); err != nil {
+		return err
+	}
+	dsn := c.DSN("scale")
+	admin, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		return err
+	}
+	defer func() { _ = admin.Close(context.Background()) }()
+	oc, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = oc.Close(context.Background()) }()
+	o := other{conn: oc, key: 1 << 40}
+	var maxLocks, maxConns string
+	_ = admin.QueryRow(ctx, "SELECT current_setting('max_locks_per_transaction'), current_setting('max_connections')").Scan(&maxLocks, &maxConns)
+	fmt.Printf("cluster: durable=%v max_locks_per_transaction=%s max_connections=%s; load %s\n", *durable, maxLocks, maxConns, load())
+
+	fmt.Printf("\n## keys held by one Locker\n\n")
+	fmt.Printf("| leases | MaxConns x MaxLocksPerConn | take all (8 goroutines) | release all (1) | heap/lease | RSS | goroutines | lock conns | idle CPU: process / its backends | TryAcquire+Release of one more key p50 / p99 | other session SELECT 1 p50 / p99 | other session try+unlock p50 / p99 | other session count(pg_locks) p50 / p99 |\n")
+	fmt.Printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	type cfg struct{ k, conns, per int }
+	var cfgs []cfg
+	top := slices.Max(keys)
+	for _, k := range keys {
+		if k == top {
+			for _, pc := range pcs {
+				cfgs = append(cfgs, cfg{k, (k + pc - 1) / pc, pc})
+			}
+			continue
+		}
+		cfgs = append(cfgs, cfg{k, max(10, (k+99)/100), 100})
+	}
+	for i, cf := range cfgs {
+		name := fmt.Sprintf("scale-%d", i)
+		h0 := heap()
+		// One spare connection for the extra key and waits.
+		l, err := pgbaton.New(ctx, pgbaton.Config{ConnString: dsn, InstanceName: name, Logger: quiet,
+			MaxConns: cf.conns + 1, MaxLocksPerConn: cf.per, MaxHeldKeys: cf.k + 1})
+		if err != nil {
+			return err
+		}
+		leases, took, err := acquireAll(ctx, l, int64(i+1)<<32, cf.k)
+		if err != nil {
+			_ = l.Close()
+			return err
+		}
+		h1 := heap()
+		time.Sleep(2 * time.Second) // let the start-up burst settle
+		pids, err := backends(ctx, admin, "pgbaton:"+name)
+		if err != nil {
+			_ = l.Close()
+			return err
+		}
+		self, server := idleCPU(pids, *window)
+		extra := pgbaton.KeyInt64(int64(i+1)<<32 + int64(cf.k) + 7)
+		one, err := latencies(*n, func() error {
+			ls, err := l.TryAcquire(ctx, extra)
+			if err != nil {
+				return err
+			}
+			return ls.Release()
+		})
+		if err != nil {
+			_ = l.Close()
+			return err
+		}
+		sel, adv, locks, err := o.measure(ctx, *n)
+		if err != nil {
+			_ = l.Close()
+			return err
+		}
+		st := l.Stats()
+		gor := runtime.NumGoroutine()
+		rss := rssKB(os.Getpid())
+		rel, err := releaseAll(leases)
+		if err != nil {
+			_ = l.Close()
+			return err
+		}
+		_ = l.Close()
+		perLease := "-"
+		if cf.k > 0 {
+			perLease = fmt.Sprintf("%.0f B", float64(int64(h1)-int64(h0))/float64(cf.k))
+		}
+		fmt.Printf("| %d | %d x %d | %.2f s | %.2f s | %s | %d MB | %d | %d (%d backends) | %.1f / %.1f ms/s | %s | %s | %s | %s |\n",
+			cf.k, cf.conns+1, cf.per, took.Seconds(), rel.Seconds(), perLease, rss/1024, gor, st.Conns, len(pids), self, server, one, sel, adv, locks)
+	}
+	sel, adv, locks, err := o.measure(ctx, *n)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nother session after all released: SELECT 1 %s; try+unlock %s; count(pg_locks) %s; load %s\n", sel, adv, locks, load())
+
+	fmt.Printf("\n## idle instances (Lockers in this process, one lease each)\n\n")
+	fmt.Printf("| instances | lock conns | idle CPU: process / backends | per instance | another Locker's TryAcquire+Release p50 / p99 | other session SELECT 1 p50 / p99 |\n|---|---|---|---|---|---|\n")
+	probe, err := pgbaton.New(ctx, pgbaton.Config{ConnString: dsn, InstanceName: "probe", Logger: quiet, MaxConns: 1})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = probe.Close() }()
+	for _, ni := range insts {
+		var ls []*pgbaton.Locker
+		closeAll := func() {
+			for _, l := range ls {
+				_ = l.Close()
+			}
+		}
+		conns := 0
+		for j := range ni {
+			l, err := pgbaton.New(ctx, pgbaton.Config{ConnString: dsn, InstanceName: fmt.Sprintf("inst-%d-%d", ni, j), Logger: quiet})
+			if err != nil {
+				closeAll()
+				return err
+			}
+			ls = append(ls, l)
+			if _, err := l.TryAcquire(ctx, pgbaton.KeyInt64(int64(ni)<<20+int64(j))); err != nil {
+				closeAll()
+				return err
+			}
+		}
+		for _, l := range ls {
+			conns += l.Stats().Conns
+		}
+		time.Sleep(2 * time.Second)
+		pids, err := backends(ctx, admin, fmt.Sprintf("pgbaton:inst-%d-", ni))
+		if err != nil {
+			closeAll()
+			return err
+		}
+		self, server := idleCPU(pids, *window)
+		one, err := latencies(*n, func() error {
+			ls, err := probe.TryAcquire(ctx, pgbaton.KeyInt64(1<<41))
+			if err != nil {
+				return err
+			}
+			return ls.Release()
+		})
+		if err != nil {
+			closeAll()
+			return err
+		}
+		sel, _, _, err := o.measure(ctx, *n)
+		if err != nil {
+			closeAll()
+			return err
+		}
+		closeAll() // the leases end with their Lockers
+		fmt.Printf("| %d | %d | %.1f / %.1f ms/s | %.3f / %.3f ms/s | %s | %s |\n", ni, conns, self, server, self/float64(ni), server/float64(ni), one, sel)
+	}
+	fmt.Printf("\nload at end %s\n", load())
+	return nil
+}
+
+func load() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:3], " ")
+}
