@@ -6,7 +6,8 @@
 # Usage: scripts/bench-peers.sh [peers] [handoff]   (default: both)
 # Environment:
 #   REPS   repetitions, implementations interleaved within each (default 5)
-#   DUR    measured time per implementation per repetition (default 2s)
+#   DUR    measured time per implementation per repetition (default 2s),
+#          taken in 100 ms slices in turn with the other implementations
 #   OUT    directory for raw results (default .cache/bench/peers-<UTC time>)
 #
 # Peers (bench/peers, a module of its own so the library's go.mod stays
@@ -15,9 +16,10 @@
 # socket WITHOUT persistence: no RDB snapshots, no AOF), and WithXactLock
 # against BEGIN / pg_advisory_xact_lock / COMMIT; on the durable cluster
 # and on pgtest's fast one (fsync off) as a second column.
-# Handoff: BenchmarkHandoffProcesses of the root package (separate
-# processes, raw blocking pg_advisory_lock vs pgbaton) with PGTEST_DURABLE=1,
-# REPS runs through scripts/bench.sh.
+# Handoff: BenchmarkHandoffProcesses (separate processes) and
+# BenchmarkHandoff (goroutines; it also reports each side's client time per
+# handoff) of the root package, raw blocking pg_advisory_lock vs pgbaton,
+# with PGTEST_DURABLE=1, REPS runs through scripts/bench.sh.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -58,7 +60,7 @@ for w in "${WHAT[@]}"; do
 		"$OUT/peers" -reps "$REPS" -dur "$DUR" -raw "$OUT/peers.tsv" 2> >(tee "$OUT/peers.log" >&2) | tee "$OUT/peers.md"
 		;;
 	handoff)
-		PGTEST_DURABLE=1 COUNT=$REPS OUT=$OUT/handoff "$ROOT/scripts/bench.sh" processes
+		PGTEST_DURABLE=1 COUNT=$REPS OUT=$OUT/handoff "$ROOT/scripts/bench.sh" processes handoff
 		;;
 	*)
 		echo "unknown $w; use: peers handoff" >&2

@@ -2,9 +2,9 @@
 // pgbaton, pgbaton with fencing tokens, go-redsync on a local redis-server,
 // and WithXactLock against a plain BEGIN / pg_advisory_xact_lock / COMMIT.
 // Every implementation runs an uncontended take+release loop (each
-// goroutine its own key) for a fixed time; the implementations are
-// interleaved within each repetition (their order rotated from one
-// repetition to the next), so a burst of load elsewhere on a shared machine
+// goroutine its own key) for a fixed time per repetition, in short slices
+// (100 ms): the implementations take turns slice by slice, their order
+// rotated every slice, so a burst of load elsewhere on a shared machine
 // hits all of them alike. Ratios are taken within a repetition, then their
 // median and range across repetitions are printed as a Markdown table.
 //
@@ -261,16 +261,8 @@ func readWAL(ctx context.Context, admin *pgx.Conn) (walStat, error) {
 	return w, err
 }
 
-// measure runs ws concurrently for d (after warm operations each) and
-// returns the operations done.
-func measure(ctx context.Context, ws []worker, warm int, d time.Duration) (int64, time.Duration, error) {
-	for _, w := range ws {
-		for range warm {
-			if err := w(ctx); err != nil {
-				return 0, 0, err
-			}
-		}
-	}
+// measure runs ws concurrently for d and returns the operations done.
+func measure(ctx context.Context, ws []worker, d time.Duration) (int64, time.Duration, error) {
 	var stop atomic.Bool
 	var ops atomic.Int64
 	var wg sync.WaitGroup
@@ -383,6 +375,7 @@ func startEnv(ctx context.Context, name string, durable bool, redis *goredislib.
 func run() error {
 	reps := flag.Int("reps", 5, "repetitions (the implementations interleaved within each)")
 	dur := flag.Duration("dur", 2*time.Second, "measured time per implementation per repetition")
+	slice := flag.Duration("slice", 100*time.Millisecond, "the implementations take turns in slices of this long")
 	warm := flag.Int("warm", 50, "warm-up operations per goroutine before each measurement")
 	gs := flag.String("goroutines", "1,8", "comma-separated goroutine counts")
 	envs := flag.String("clusters", "durable,fast", `clusters: "durable" (fsync, synchronous_commit, full_page_writes on) and/or "fast" (all off)`)
@@ -484,40 +477,63 @@ func run() error {
 		defer func() { _ = rawW.Flush() }()
 	}
 
-	fmt.Fprintf(os.Stderr, "start %s, load %s, nproc via GOMAXPROCS\n", time.Now().UTC().Format(time.RFC3339), loadAvg())
+	fmt.Fprintf(os.Stderr, "start %s, load %s\n", time.Now().UTC().Format(time.RFC3339), loadAvg())
+	nSlices := max(1, int(*dur / *slice))
 	var samples []sample
 	for rep := 1; rep <= *reps; rep++ {
 		for _, e := range es {
 			for _, g := range goroutines {
-				// Rotate the order each repetition so no implementation
-				// always runs first (or right after the same neighbour).
-				order := slices.Clone(all)
-				r := (rep - 1) % len(order)
-				order = append(order[r:], order[:r]...)
-				for _, im := range order {
-					c := cells[cellKey(e, g, im)]
-					w0, err := readWAL(ctx, admins[e.name])
-					if err != nil {
-						return err
+				acc := map[string]*sample{}
+				for _, im := range all {
+					acc[im.name] = &sample{rep: rep, env: e.name, g: g, impl: im.name}
+					for _, w := range cells[cellKey(e, g, im)].ws {
+						for range *warm {
+							if err := w(ctx); err != nil {
+								return fmt.Errorf("%s, %s, %d goroutines, warm-up: %w", e.name, im.name, g, err)
+							}
+						}
 					}
-					cpu0 := cpuTime()
-					ops, took, err := measure(ctx, c.ws, *warm, *dur)
-					cpu := cpuTime() - cpu0
-					if err != nil {
-						return fmt.Errorf("%s, %s, %d goroutines: %w", e.name, im.name, g, err)
+				}
+				// Short slices, the implementations taking turns in an
+				// order rotated every slice, so that a burst of load on
+				// the shared machine lands on all of them alike.
+				for sl := range nSlices {
+					order := slices.Clone(all)
+					r := (rep + sl) % len(order)
+					order = append(order[r:], order[:r]...)
+					for _, im := range order {
+						w0, err := readWAL(ctx, admins[e.name])
+						if err != nil {
+							return err
+						}
+						cpu0 := cpuTime()
+						ops, took, err := measure(ctx, cells[cellKey(e, g, im)].ws, *slice)
+						cpu := cpuTime() - cpu0
+						if err != nil {
+							return fmt.Errorf("%s, %s, %d goroutines: %w", e.name, im.name, g, err)
+						}
+						w1, err := readWAL(ctx, admins[e.name])
+						if err != nil {
+							return err
+						}
+						a := acc[im.name]
+						a.ops += ops
+						a.took += took
+						a.cpu += cpu
+						a.walRecords += w1.records - w0.records
+						a.walBytes += w1.bytes - w0.bytes
+						a.walSyncs += w1.syncs - w0.syncs
 					}
-					w1, err := readWAL(ctx, admins[e.name])
-					if err != nil {
-						return err
-					}
-					s := sample{rep: rep, env: e.name, g: g, impl: im.name, ops: ops, took: took, cpu: cpu,
-						walRecords: w1.records - w0.records, walBytes: w1.bytes - w0.bytes, walSyncs: w1.syncs - w0.syncs, load: loadAvg()}
+				}
+				for _, im := range all {
+					s := *acc[im.name]
+					s.load = loadAvg()
 					samples = append(samples, s)
 					fmt.Fprintf(os.Stderr, "rep %d %-7s g=%d %-15s %8.0f ops/s  cpu %5.1f µs/op  wal %.3f rec/op %.1f B/op %.4f syncs/op  load %s\n",
-						rep, e.name, g, im.name, s.opsPerSec(), float64(cpu.Microseconds())/float64(ops),
-						float64(s.walRecords)/float64(ops), float64(s.walBytes)/float64(ops), float64(s.walSyncs)/float64(ops), s.load)
+						rep, e.name, g, im.name, s.opsPerSec(), float64(s.cpu.Microseconds())/float64(s.ops),
+						float64(s.walRecords)/float64(s.ops), float64(s.walBytes)/float64(s.ops), float64(s.walSyncs)/float64(s.ops), s.load)
 					if rawW != nil {
-						fmt.Fprintf(rawW, "%d\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", rep, e.name, g, im.name, ops, took.Nanoseconds(), cpu.Nanoseconds(),
+						fmt.Fprintf(rawW, "%d\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", rep, e.name, g, im.name, s.ops, s.took.Nanoseconds(), s.cpu.Nanoseconds(),
 							s.walRecords, s.walBytes, s.walSyncs, s.load)
 					}
 				}
