@@ -216,6 +216,7 @@ func run() error {
 	instFlag := flag.String("instances", "1,16,64", "idle instance counts to measure")
 	window := flag.Duration("window", 10*time.Second, "idle CPU measurement window")
 	n := flag.Int("n", 2000, "samples per latency")
+	tableCheck := flag.Int("table-check", 10000, "if > 0, try this many leases on a cluster with max_connections=100 (the shared lock table's size)")
 	durable := flag.Bool("durable", true, "durable cluster (fsync, synchronous_commit, full_page_writes on)")
 	flag.Parse()
 	ints := func(s string) ([]int, error) {
@@ -400,7 +401,42 @@ func run() error {
 		closeAll() // the leases end with their Lockers
 		fmt.Printf("| %d | %d | %.1f / %.1f ms/s | %.3f / %.3f ms/s | %s | %s |\n", ni, conns, self, server, self/float64(ni), server/float64(ni), one, sel)
 	}
+	if *tableCheck > 0 {
+		if err := lockTable(ctx, *durable, *tableCheck); err != nil {
+			return err
+		}
+	}
 	fmt.Printf("\nload at end %s\n", load())
+	return nil
+}
+
+// lockTable takes k leases on a cluster with PostgreSQL's default
+// max_connections (100) and max_locks_per_transaction (64), whose shared
+// lock table then has room for about 64 × (100 + background processes)
+// locks, and reports how many it got and the error that stopped it.
+func lockTable(ctx context.Context, durable bool, k int) error {
+	c, err := pgtest.Start(ctx, pgtest.Options{Durable: durable, Settings: map[string]string{"max_connections": "100"}})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = c.Close() }()
+	l, err := pgbaton.New(ctx, pgbaton.Config{ConnString: c.DSN("postgres"), InstanceName: "table", Logger: quiet,
+		MaxConns: k/100 + 1, MaxLocksPerConn: 100, MaxHeldKeys: k})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = l.Close() }()
+	got := 0
+	var stop error
+	for i := range k {
+		if _, err := l.TryAcquire(ctx, pgbaton.KeyInt64(int64(i))); err != nil {
+			stop = err
+			break
+		}
+		got++
+	}
+	fmt.Printf("\n## shared lock table, max_connections=100, max_locks_per_transaction=64 (PostgreSQL defaults)\n\n")
+	fmt.Printf("took %d of %d leases; stopped by: %v; Locker stats %+v\n", got, k, stop, l.Stats())
 	return nil
 }
 
