@@ -162,12 +162,17 @@ func run() error {
 	type res struct{ ops, cpu, wal []float64 }
 	results := map[string]*res{}
 	fmt.Fprintf(os.Stderr, "load at start %s\n", loadAvg())
+	type acc struct {
+		ops       int64
+		took, cpu time.Duration
+		wal       int64
+	}
+	slice := 100 * time.Millisecond
+	nSlices := max(1, int(*dur/slice))
 	for rep := 1; rep <= *reps; rep++ {
 		for _, g := range gs {
-			order := slices.Clone(variants)
-			r := (rep - 1) % len(order)
-			order = append(order[r:], order[:r]...)
-			for _, v := range order {
+			accs := make([]acc, len(variants))
+			for _, v := range variants {
 				for _, w := range ws[:g] { // warm up: prepare the statement
 					for range 20 {
 						if err := w.op(ctx, v); err != nil {
@@ -175,59 +180,74 @@ func run() error {
 						}
 					}
 				}
-				var wal0, wal1 int64
-				if err := admin.QueryRow(ctx, "SELECT wal_bytes::int8 FROM pg_stat_wal").Scan(&wal0); err != nil {
-					return err
-				}
-				var cpu0 time.Duration
-				for _, p := range pids[:g] {
-					cpu0 += procCPU(p)
-				}
-				var stop atomic.Bool
-				var ops atomic.Int64
-				var wg sync.WaitGroup
-				errs := make([]error, g)
-				t0 := time.Now()
-				for i, w := range ws[:g] {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						n := int64(0)
-						for !stop.Load() {
-							if err := w.op(ctx, v); err != nil {
-								errs[i] = err
-								break
+			}
+			// 100 ms slices, the variants taking turns in a rotated order.
+			for sl := range nSlices {
+				for j := range variants {
+					vi := (j + sl + rep) % len(variants)
+					v := variants[vi]
+					var wal0, wal1 int64
+					if err := admin.QueryRow(ctx, "SELECT wal_bytes::int8 FROM pg_stat_wal").Scan(&wal0); err != nil {
+						return err
+					}
+					var cpu0 time.Duration
+					for _, p := range pids[:g] {
+						cpu0 += procCPU(p)
+					}
+					var stop atomic.Bool
+					var ops atomic.Int64
+					var wg sync.WaitGroup
+					errs := make([]error, g)
+					t0 := time.Now()
+					for i, w := range ws[:g] {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							n := int64(0)
+							for !stop.Load() {
+								if err := w.op(ctx, v); err != nil {
+									errs[i] = err
+									break
+								}
+								n++
 							}
-							n++
-						}
-						ops.Add(n)
-					}()
+							ops.Add(n)
+						}()
+					}
+					time.Sleep(slice)
+					stop.Store(true)
+					wg.Wait()
+					took := time.Since(t0)
+					if err := errors.Join(errs...); err != nil {
+						return err
+					}
+					var cpu1 time.Duration
+					for _, p := range pids[:g] {
+						cpu1 += procCPU(p)
+					}
+					if err := admin.QueryRow(ctx, "SELECT wal_bytes::int8 FROM pg_stat_wal").Scan(&wal1); err != nil {
+						return err
+					}
+					a := &accs[vi]
+					a.ops += ops.Load()
+					a.took += took
+					a.cpu += cpu1 - cpu0
+					a.wal += wal1 - wal0
 				}
-				time.Sleep(*dur)
-				stop.Store(true)
-				wg.Wait()
-				took := time.Since(t0)
-				if err := errors.Join(errs...); err != nil {
-					return err
-				}
-				var cpu1 time.Duration
-				for _, p := range pids[:g] {
-					cpu1 += procCPU(p)
-				}
-				if err := admin.QueryRow(ctx, "SELECT wal_bytes::int8 FROM pg_stat_wal").Scan(&wal1); err != nil {
-					return err
-				}
-				n := float64(ops.Load())
+			}
+			for vi, v := range variants {
+				a := accs[vi]
+				n := float64(a.ops)
 				key := fmt.Sprintf("%d/%s", g, v.name)
 				if results[key] == nil {
 					results[key] = &res{}
 				}
 				rr := results[key]
-				rr.ops = append(rr.ops, n/took.Seconds())
-				rr.cpu = append(rr.cpu, float64((cpu1-cpu0).Microseconds())/n)
-				rr.wal = append(rr.wal, float64(wal1-wal0)/n)
+				rr.ops = append(rr.ops, n/a.took.Seconds())
+				rr.cpu = append(rr.cpu, float64(a.cpu.Microseconds())/n)
+				rr.wal = append(rr.wal, float64(a.wal)/n)
 				fmt.Fprintf(os.Stderr, "rep %d g=%d %-34s %7.0f ops/s  server %5.1f µs/op  wal %.2f B/op  load %s\n",
-					rep, g, v.name, n/took.Seconds(), float64((cpu1-cpu0).Microseconds())/n, float64(wal1-wal0)/n, loadAvg())
+					rep, g, v.name, n/a.took.Seconds(), float64(a.cpu.Microseconds())/n, float64(a.wal)/n, loadAvg())
 			}
 		}
 	}
