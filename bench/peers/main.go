@@ -12,7 +12,10 @@
 // (fsync, synchronous_commit and full_page_writes on: production settings)
 // and "fast" (pgtest's defaults, all three off), and a redis-server with
 // persistence off (no RDB snapshots, no AOF) on a unix socket. Everything
-// runs over unix sockets.
+// runs over unix sockets. Besides ops/s it reports, per operation, the WAL
+// the cluster wrote (pg_stat_wal), this process's CPU, and the servers' CPU
+// (the cluster's postmaster and its children plus redis-server, from
+// /proc, so a slice's share of the other server's background work is in it).
 //
 //	cd bench && go run ./peers -reps 5 -dur 2s
 //
@@ -32,6 +35,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -70,6 +74,7 @@ type env struct {
 	plainDSN  string // no pgbaton schema: leases carry no token
 	tokensDSN string // migrated: leases carry a fencing token
 	redis     *goredislib.Client
+	redisPID  int
 	keyBase   int64
 }
 
@@ -225,6 +230,7 @@ type sample struct {
 	ops        int64
 	took       time.Duration
 	cpu        time.Duration // this process's user+system CPU
+	server     time.Duration // the cluster's and redis-server's CPU
 	walRecords int64         // cluster-wide pg_stat_wal deltas
 	walBytes   int64
 	walSyncs   int64
@@ -251,6 +257,56 @@ func loadAvg() string {
 		return "?"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// procCPU is a process's user+system CPU from /proc (10 ms clock ticks).
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+st) * 10 * time.Millisecond
+}
+
+// serverCPU is the CPU used so far by the processes in pids and by their
+// children (a postmaster's backends), read from /proc.
+func serverCPU(pids ...int) time.Duration {
+	var total time.Duration
+	want := map[int]bool{}
+	for _, p := range pids {
+		want[p] = true
+		total += procCPU(p)
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return total
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(f) < 2 {
+			continue
+		}
+		if ppid, _ := strconv.Atoi(f[1]); want[ppid] && !want[pid] {
+			total += procCPU(pid)
+		}
+	}
+	return total
 }
 
 type walStat struct{ records, bytes, syncs int64 }
@@ -299,13 +355,13 @@ func measure(ctx context.Context, ws []worker, d time.Duration) (int64, time.Dur
 	return ops.Load(), took, errors.Join(errs...)
 }
 
-func startRedis(ctx context.Context, bin, dir string) (*goredislib.Client, func(), error) {
+func startRedis(ctx context.Context, bin, dir string) (*goredislib.Client, int, func(), error) {
 	sock := filepath.Join(dir, "redis.sock")
 	cmd := exec.Command(bin, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", //nolint:gosec,noctx // killed by stop below
 		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--logfile", filepath.Join(dir, "redis.log"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return nil, nil, fmt.Errorf("start %s: %w (install it with: apt-get install redis-server)", bin, err)
+		return nil, 0, nil, fmt.Errorf("start %s: %w (install it with: apt-get install redis-server)", bin, err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
@@ -328,7 +384,7 @@ func startRedis(ctx context.Context, bin, dir string) (*goredislib.Client, func(
 		if time.Now().After(deadline) {
 			_ = client.Close()
 			stop()
-			return nil, nil, fmt.Errorf("redis-server did not answer PING within 10 s: %w", err)
+			return nil, 0, nil, fmt.Errorf("redis-server did not answer PING within 10 s: %w", err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -336,15 +392,15 @@ func startRedis(ctx context.Context, bin, dir string) (*goredislib.Client, func(
 	save, _ := client.ConfigGet(ctx, "save").Result()
 	aof, _ := client.ConfigGet(ctx, "appendonly").Result()
 	fmt.Fprintf(os.Stderr, "redis-server: save=%q appendonly=%q (no persistence)\n", save["save"], aof["appendonly"])
-	return client, func() { _ = client.Close(); stop() }, nil
+	return client, cmd.Process.Pid, func() { _ = client.Close(); stop() }, nil
 }
 
-func startEnv(ctx context.Context, name string, durable bool, redis *goredislib.Client, keyBase int64) (*env, error) {
+func startEnv(ctx context.Context, name string, durable bool, redis *goredislib.Client, redisPID int, keyBase int64) (*env, error) {
 	c, err := pgtest.Start(ctx, pgtest.Options{Durable: durable})
 	if err != nil {
 		return nil, err
 	}
-	e := &env{name: name, cluster: c, redis: redis, keyBase: keyBase}
+	e := &env{name: name, cluster: c, redis: redis, redisPID: redisPID, keyBase: keyBase}
 	for _, db := range []string{"plain", "tokens"} {
 		if err := c.CreateDatabase(ctx, db); err != nil {
 			_ = c.Close()
@@ -381,7 +437,7 @@ func run() error {
 	envs := flag.String("clusters", "durable,fast", `clusters: "durable" (fsync, synchronous_commit, full_page_writes on) and/or "fast" (all off)`)
 	only := flag.String("impls", "", "comma-separated implementations to run (default all): pgx,pgbaton,pgbaton+tokens,redsync,xact-raw,pgbaton-xact")
 	redisBin := flag.String("redis-server", "redis-server", "redis-server binary")
-	raw := flag.String("raw", "", "if set, append every sample to this file (tab-separated)")
+	raw := flag.String("raw", "", "if set, append every sample to this file (tab-separated: rep, cluster, goroutines, implementation, ops, ns, client CPU ns, server CPU ns, WAL records, WAL bytes, WAL syncs, load)")
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Hour)
@@ -408,9 +464,10 @@ func run() error {
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
 	var redis *goredislib.Client
+	var redisPID int
 	if needRedis {
 		var stop func()
-		if redis, stop, err = startRedis(ctx, *redisBin, dir); err != nil {
+		if redis, redisPID, stop, err = startRedis(ctx, *redisBin, dir); err != nil {
 			return err
 		}
 		defer stop()
@@ -426,7 +483,7 @@ func run() error {
 		if name != "durable" && name != "fast" {
 			return fmt.Errorf("bad -clusters %q", *envs)
 		}
-		e, err := startEnv(ctx, name, name == "durable", redis, int64(0x7eed+i)<<32)
+		e, err := startEnv(ctx, name, name == "durable", redis, redisPID, int64(0x7eed+i)<<32)
 		if err != nil {
 			return err
 		}
@@ -506,9 +563,11 @@ func run() error {
 						if err != nil {
 							return err
 						}
+						srv0 := serverCPU(e.cluster.PostmasterPID(), e.redisPID)
 						cpu0 := cpuTime()
 						ops, took, err := measure(ctx, cells[cellKey(e, g, im)].ws, *slice)
 						cpu := cpuTime() - cpu0
+						srv := serverCPU(e.cluster.PostmasterPID(), e.redisPID) - srv0
 						if err != nil {
 							return fmt.Errorf("%s, %s, %d goroutines: %w", e.name, im.name, g, err)
 						}
@@ -520,6 +579,7 @@ func run() error {
 						a.ops += ops
 						a.took += took
 						a.cpu += cpu
+						a.server += srv
 						a.walRecords += w1.records - w0.records
 						a.walBytes += w1.bytes - w0.bytes
 						a.walSyncs += w1.syncs - w0.syncs
@@ -529,11 +589,11 @@ func run() error {
 					s := *acc[im.name]
 					s.load = loadAvg()
 					samples = append(samples, s)
-					fmt.Fprintf(os.Stderr, "rep %d %-7s g=%d %-15s %8.0f ops/s  cpu %5.1f µs/op  wal %.3f rec/op %.1f B/op %.4f syncs/op  load %s\n",
-						rep, e.name, g, im.name, s.opsPerSec(), float64(s.cpu.Microseconds())/float64(s.ops),
+					fmt.Fprintf(os.Stderr, "rep %d %-7s g=%d %-15s %8.0f ops/s  cpu %5.1f µs/op  server %5.1f µs/op  wal %.3f rec/op %.1f B/op %.4f syncs/op  load %s\n",
+						rep, e.name, g, im.name, s.opsPerSec(), float64(s.cpu.Microseconds())/float64(s.ops), float64(s.server.Microseconds())/float64(s.ops),
 						float64(s.walRecords)/float64(s.ops), float64(s.walBytes)/float64(s.ops), float64(s.walSyncs)/float64(s.ops), s.load)
 					if rawW != nil {
-						fmt.Fprintf(rawW, "%d\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", rep, e.name, g, im.name, s.ops, s.took.Nanoseconds(), s.cpu.Nanoseconds(),
+						fmt.Fprintf(rawW, "%d\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", rep, e.name, g, im.name, s.ops, s.took.Nanoseconds(), s.cpu.Nanoseconds(), s.server.Nanoseconds(),
 							s.walRecords, s.walBytes, s.walSyncs, s.load)
 					}
 				}
@@ -596,28 +656,30 @@ func report(w io.Writer, samples []sample, es []*env, goroutines []int, all []im
 		fmt.Fprintf(w, "\n### cluster %s: ops/s, median [min-max] of %d repetitions; ratio to pgbaton within each repetition\n\n", e.name, reps)
 		fmt.Fprint(w, "| implementation |")
 		for _, g := range goroutines {
-			fmt.Fprintf(w, " %d goroutine(s): ops/s | / pgbaton | WAL B/op | client CPU µs/op |", g)
+			fmt.Fprintf(w, " %d goroutine(s): ops/s | / pgbaton | WAL B/op | client CPU µs/op | server CPU µs/op |", g)
 		}
 		fmt.Fprint(w, "\n|---|")
 		for range goroutines {
-			fmt.Fprint(w, "---|---|---|---|")
+			fmt.Fprint(w, "---|---|---|---|---|")
 		}
 		fmt.Fprintln(w)
 		for _, im := range all {
 			fmt.Fprintf(w, "| %s |", im.name)
 			for _, g := range goroutines {
-				var ops, wal, cpu []float64
+				var ops, wal, cpu, srv []float64
 				for rep := 1; rep <= reps; rep++ {
 					if s, ok := get(e.name, g, im.name, rep); ok {
 						ops = append(ops, s.opsPerSec())
 						wal = append(wal, float64(s.walBytes)/float64(s.ops))
 						cpu = append(cpu, float64(s.cpu.Microseconds())/float64(s.ops))
+						srv = append(srv, float64(s.server.Microseconds())/float64(s.ops))
 					}
 				}
 				m, lo, hi := stats(ops)
 				wm, _, _ := stats(wal)
 				cm, _, _ := stats(cpu)
-				fmt.Fprintf(w, " %.0f [%.0f-%.0f] | %s | %.1f | %.0f |", m, lo, hi, fmtR(ratio(e.name, g, im.name, "pgbaton")), wm, cm)
+				sm, _, _ := stats(srv)
+				fmt.Fprintf(w, " %.0f [%.0f-%.0f] | %s | %.1f | %.0f | %.0f |", m, lo, hi, fmtR(ratio(e.name, g, im.name, "pgbaton")), wm, cm, sm)
 			}
 			fmt.Fprintln(w)
 		}
