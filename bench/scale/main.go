@@ -58,18 +58,19 @@ func cpuSelf() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// procCPU is a process's user+system CPU from /proc (clock ticks of 10 ms).
+// procCPU is a process's time on a CPU, in nanoseconds, from
+// /proc/PID/schedstat (the scheduler's own accounting, not 10 ms ticks).
 func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
 	if err != nil {
 		return 0
 	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	// fields after "(comm) ": state=0 ... utime=11 stime=12
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+st) * 10 * time.Millisecond
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.ParseInt(f[0], 10, 64)
+	return time.Duration(n)
 }
 
 func rssKB(pid int) int64 {
@@ -270,7 +271,7 @@ func run() error {
 	fmt.Printf("cluster: durable=%v max_locks_per_transaction=%s max_connections=%s; load %s\n", *durable, maxLocks, maxConns, load())
 
 	fmt.Printf("\n## keys held by one Locker\n\n")
-	fmt.Printf("| leases | MaxConns x MaxLocksPerConn | take all (8 goroutines) | release all (1) | heap/lease | RSS | goroutines | lock conns | idle CPU: process / its backends | TryAcquire+Release of one more key p50 / p99 | other session SELECT 1 p50 / p99 | other session try+unlock p50 / p99 | other session count(pg_locks) p50 / p99 |\n")
+	fmt.Printf("| leases (K-1 held + 1 taken and released) | MaxConns x MaxLocksPerConn | take all (8 goroutines) | release all (1) | heap/lease | RSS | goroutines | lock conns | idle CPU: process / its backends | TryAcquire+Release of one more key p50 / p99 | other session SELECT 1 p50 / p99 | other session try+unlock p50 / p99 | other session count(pg_locks) p50 / p99 |\n")
 	fmt.Printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	type cfg struct{ k, conns, per int }
 	var cfgs []cfg
@@ -278,22 +279,24 @@ func run() error {
 	for _, k := range keys {
 		if k == top {
 			for _, pc := range pcs {
-				cfgs = append(cfgs, cfg{k, (k + pc - 1) / pc, pc})
+				cfgs = append(cfgs, cfg{k, max(1, (k+pc-1)/pc), pc})
 			}
 			continue
 		}
-		cfgs = append(cfgs, cfg{k, max(10, (k+99)/100), 100})
+		cfgs = append(cfgs, cfg{k, max(1, (k+99)/100), 100})
 	}
 	for i, cf := range cfgs {
 		name := fmt.Sprintf("scale-%d", i)
 		h0 := heap()
-		// One spare connection for the extra key and waits.
+		// Exactly the connections K leases need: K-1 are taken, so the
+		// extra key below lands on a connection already carrying
+		// MaxLocksPerConn-1 leases, and pays for them.
 		l, err := pgbaton.New(ctx, pgbaton.Config{ConnString: dsn, InstanceName: name, Logger: quiet,
-			MaxConns: cf.conns + 1, MaxLocksPerConn: cf.per, MaxHeldKeys: cf.k + 1})
+			MaxConns: cf.conns, MaxLocksPerConn: cf.per, MaxHeldKeys: max(cf.k, 1)})
 		if err != nil {
 			return err
 		}
-		leases, took, err := acquireAll(ctx, l, int64(i+1)<<32, cf.k)
+		leases, took, err := acquireAll(ctx, l, int64(i+1)<<32, max(cf.k-1, 0))
 		if err != nil {
 			_ = l.Close()
 			return err
@@ -337,7 +340,7 @@ func run() error {
 			perLease = fmt.Sprintf("%.0f B", float64(int64(h1)-int64(h0))/float64(cf.k))
 		}
 		fmt.Printf("| %d | %d x %d | %.2f s | %.2f s | %s | %d MB | %d | %d (%d backends) | %.1f / %.1f ms/s | %s | %s | %s | %s |\n",
-			cf.k, cf.conns+1, cf.per, took.Seconds(), rel.Seconds(), perLease, rss/1024, gor, st.Conns, len(pids), self, server, one, sel, adv, locks)
+			cf.k, cf.conns, cf.per, took.Seconds(), rel.Seconds(), perLease, rss/1024, gor, st.Conns, len(pids), self, server, one, sel, adv, locks)
 	}
 	sel, adv, locks, err := o.measure(ctx, *n)
 	if err != nil {
@@ -420,8 +423,9 @@ func lockTable(ctx context.Context, durable bool, k int) error {
 		return err
 	}
 	defer func() { _ = c.Close() }()
+	per := max(100, k/50) // at most about 50 connections, under max_connections
 	l, err := pgbaton.New(ctx, pgbaton.Config{ConnString: c.DSN("postgres"), InstanceName: "table", Logger: quiet,
-		MaxConns: k/100 + 1, MaxLocksPerConn: 100, MaxHeldKeys: k})
+		MaxConns: (k+per-1)/per + 1, MaxLocksPerConn: per, MaxHeldKeys: k})
 	if err != nil {
 		return err
 	}
