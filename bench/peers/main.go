@@ -259,34 +259,31 @@ func loadAvg() string {
 	return strings.Join(f[:3], " ")
 }
 
-// procCPU is a process's user+system CPU from /proc (10 ms clock ticks).
+// procCPU is a process's time on a CPU from /proc/PID/schedstat
+// (nanoseconds, the scheduler's own accounting).
 func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
 	if err != nil {
 		return 0
 	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	if len(f) < 13 {
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
 		return 0
 	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+st) * 10 * time.Millisecond
+	n, _ := strconv.ParseInt(f[0], 10, 64)
+	return time.Duration(n)
 }
 
-// serverCPU is the CPU used so far by the processes in pids and by their
-// children (a postmaster's backends), read from /proc.
-func serverCPU(pids ...int) time.Duration {
-	var total time.Duration
-	want := map[int]bool{}
-	for _, p := range pids {
-		want[p] = true
-		total += procCPU(p)
+// serverPIDs returns the postmaster, its children (the backends, which
+// stay open for the whole run) and redis-server.
+func serverPIDs(postmaster, redis int) []int {
+	pids := []int{postmaster}
+	if redis != 0 {
+		pids = append(pids, redis)
 	}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return total
+		return pids
 	}
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -299,14 +296,19 @@ func serverCPU(pids ...int) time.Duration {
 		}
 		s := string(b)
 		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if len(f) < 2 {
-			continue
-		}
-		if ppid, _ := strconv.Atoi(f[1]); want[ppid] && !want[pid] {
-			total += procCPU(pid)
+		if len(f) > 1 && f[1] == strconv.Itoa(postmaster) {
+			pids = append(pids, pid)
 		}
 	}
-	return total
+	return pids
+}
+
+func serverCPU(pids []int) time.Duration {
+	var t time.Duration
+	for _, p := range pids {
+		t += procCPU(p)
+	}
+	return t
 }
 
 type walStat struct{ records, bytes, syncs int64 }
@@ -514,6 +516,7 @@ func run() error {
 		}
 	}
 	admins := map[string]*pgx.Conn{}
+	srvPIDs := map[string][]int{}
 	for _, e := range es {
 		c, err := pgx.Connect(ctx, e.cluster.DSN("postgres"))
 		if err != nil {
@@ -521,6 +524,7 @@ func run() error {
 		}
 		defer func() { _ = c.Close(context.Background()) }()
 		admins[e.name] = c
+		srvPIDs[e.name] = serverPIDs(e.cluster.PostmasterPID(), e.redisPID)
 	}
 
 	var rawW *bufio.Writer
@@ -551,6 +555,8 @@ func run() error {
 						}
 					}
 				}
+				// The backends the warm-up opened are now all there.
+				srvPIDs[e.name] = serverPIDs(e.cluster.PostmasterPID(), e.redisPID)
 				// Short slices, the implementations taking turns in an
 				// order rotated every slice, so that a burst of load on
 				// the shared machine lands on all of them alike.
@@ -563,11 +569,11 @@ func run() error {
 						if err != nil {
 							return err
 						}
-						srv0 := serverCPU(e.cluster.PostmasterPID(), e.redisPID)
+						srv0 := serverCPU(srvPIDs[e.name])
 						cpu0 := cpuTime()
 						ops, took, err := measure(ctx, cells[cellKey(e, g, im)].ws, *slice)
 						cpu := cpuTime() - cpu0
-						srv := serverCPU(e.cluster.PostmasterPID(), e.redisPID) - srv0
+						srv := serverCPU(srvPIDs[e.name]) - srv0
 						if err != nil {
 							return fmt.Errorf("%s, %s, %d goroutines: %w", e.name, im.name, g, err)
 						}

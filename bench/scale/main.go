@@ -10,6 +10,10 @@
 //     a try+unlock of its own advisory key, and a count(*) of pg_locks as a
 //     monitoring query would run) with and without the leases held.
 //
+//   - jobs: J periodic jobs of one scheduler firing at the same instant:
+//     start lateness, CPU of the process and of the cluster around the tick
+//     and between ticks.
+//
 //   - instances: N idle Lockers in this process, each holding one lease:
 //     connections, heartbeat CPU of the process and of the backends, and the
 //     latency of another Locker's TryAcquire+Release.
@@ -103,6 +107,32 @@ func backends(ctx context.Context, admin *pgx.Conn, prefix string) ([]int, error
 		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[int])
+}
+
+// serverCPU is the CPU used so far by pid and its children (a postmaster
+// and its backends).
+func serverCPU(pid int) time.Duration {
+	total := procCPU(pid)
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return total
+	}
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			total += procCPU(p)
+		}
+	}
+	return total
 }
 
 // idleCPU measures this process's CPU and the CPU of the given backends
@@ -217,6 +247,9 @@ func run() error {
 	instFlag := flag.String("instances", "1,16,64", "idle instance counts to measure")
 	window := flag.Duration("window", 10*time.Second, "idle CPU measurement window")
 	n := flag.Int("n", 2000, "samples per latency")
+	jobs := flag.Int("jobs", 1000, "if > 0, this many periodic jobs firing at the same instant")
+	jobEvery := flag.Duration("job-every", 10*time.Second, "the jobs' interval (periodic.Every)")
+	jobTicks := flag.Int("job-ticks", 3, "ticks to measure")
 	tableCheck := flag.Int("table-check", 10000, "if > 0, try this many leases on a cluster with max_connections=100 (the shared lock table's size)")
 	durable := flag.Bool("durable", true, "durable cluster (fsync, synchronous_commit, full_page_writes on)")
 	flag.Parse()
@@ -403,6 +436,11 @@ func run() error {
 		}
 		closeAll() // the leases end with their Lockers
 		fmt.Printf("| %d | %d | %.1f / %.1f ms/s | %.3f / %.3f ms/s | %s | %s |\n", ni, conns, self, server, self/float64(ni), server/float64(ni), one, sel)
+	}
+	if *jobs > 0 {
+		if err := jobsBurst(ctx, c, *jobs, *jobEvery, *jobTicks); err != nil {
+			return err
+		}
 	}
 	if *tableCheck > 0 {
 		if err := lockTable(ctx, *durable, *tableCheck); err != nil {
