@@ -274,29 +274,19 @@ func procCPU(pid int) time.Duration {
 	return time.Duration(n)
 }
 
-// serverPIDs returns the postmaster, its children (the backends, which
-// stay open for the whole run) and redis-server.
+// serverPIDs returns the postmaster, its children (the backends, from
+// /proc/PID/task/PID/children) and redis-server.
 func serverPIDs(postmaster, redis int) []int {
 	pids := []int{postmaster}
 	if redis != 0 {
 		pids = append(pids, redis)
 	}
-	ents, err := os.ReadDir("/proc")
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", postmaster, postmaster))
 	if err != nil {
 		return pids
 	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if len(f) > 1 && f[1] == strconv.Itoa(postmaster) {
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil {
 			pids = append(pids, pid)
 		}
 	}
@@ -516,7 +506,6 @@ func run() error {
 		}
 	}
 	admins := map[string]*pgx.Conn{}
-	srvPIDs := map[string][]int{}
 	for _, e := range es {
 		c, err := pgx.Connect(ctx, e.cluster.DSN("postgres"))
 		if err != nil {
@@ -524,7 +513,6 @@ func run() error {
 		}
 		defer func() { _ = c.Close(context.Background()) }()
 		admins[e.name] = c
-		srvPIDs[e.name] = serverPIDs(e.cluster.PostmasterPID(), e.redisPID)
 	}
 
 	var rawW *bufio.Writer
@@ -555,8 +543,6 @@ func run() error {
 						}
 					}
 				}
-				// The backends the warm-up opened are now all there.
-				srvPIDs[e.name] = serverPIDs(e.cluster.PostmasterPID(), e.redisPID)
 				// Short slices, the implementations taking turns in an
 				// order rotated every slice, so that a burst of load on
 				// the shared machine lands on all of them alike.
@@ -569,11 +555,12 @@ func run() error {
 						if err != nil {
 							return err
 						}
-						srv0 := serverCPU(srvPIDs[e.name])
+						pids := serverPIDs(e.cluster.PostmasterPID(), e.redisPID)
+						srv0 := serverCPU(pids)
 						cpu0 := cpuTime()
 						ops, took, err := measure(ctx, cells[cellKey(e, g, im)].ws, *slice)
 						cpu := cpuTime() - cpu0
-						srv := serverCPU(srvPIDs[e.name]) - srv0
+						srv := serverCPU(pids) - srv0
 						if err != nil {
 							return fmt.Errorf("%s, %s, %d goroutines: %w", e.name, im.name, g, err)
 						}
