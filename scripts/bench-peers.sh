@@ -32,8 +32,9 @@ WHAT=("$@")
 
 if ! command -v redis-server >/dev/null; then
 	if [[ $(id -u) == 0 ]]; then
-		echo "installing redis-server (Debian package)" >&2
-		apt-get install -y -qq redis-server >/dev/null
+		echo "installing redis-server (Debian package; this script starts its own, without persistence)" >&2
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
 	else
 		echo "redis-server not found: apt-get install redis-server" >&2
 		exit 1

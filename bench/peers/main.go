@@ -678,9 +678,10 @@ func report(w io.Writer, samples []sample, es []*env, goroutines []int, all []im
 		}
 		fmt.Fprintf(w, "\nTargets, cluster %s (same-run ratios, median [min-max]):\n\n", e.name)
 		for _, g := range goroutines {
-			fmt.Fprintf(w, "- %d goroutine(s): pgbaton / pgx %s (target >= 0.9 at 8); pgbaton+tokens / pgbaton %s (target >= 0.9); pgbaton+tokens / redsync %s (target >= 1.5 at 8); pgbaton-xact / xact-raw %s\n",
+			fmt.Fprintf(w, "- %d goroutine(s): pgbaton / pgx %s (target >= 0.9 at 8); pgbaton+tokens / pgbaton %s (target >= 0.9); pgbaton+tokens / redsync %s (target >= 1.5 at 8); pgbaton / redsync %s; pgx / redsync %s; pgbaton-xact / xact-raw %s\n",
 				g, fmtR(ratio(e.name, g, "pgbaton", "pgx")), fmtR(ratio(e.name, g, "pgbaton+tokens", "pgbaton")),
-				fmtR(ratio(e.name, g, "pgbaton+tokens", "redsync")), fmtR(ratio(e.name, g, "pgbaton-xact", "xact-raw")))
+				fmtR(ratio(e.name, g, "pgbaton+tokens", "redsync")), fmtR(ratio(e.name, g, "pgbaton", "redsync")),
+				fmtR(ratio(e.name, g, "pgx", "redsync")), fmtR(ratio(e.name, g, "pgbaton-xact", "xact-raw")))
 		}
 	}
 }
