@@ -95,7 +95,29 @@ func jobsBurst(ctx context.Context, c *pgtest.Cluster, n int, interval time.Dura
 			ms(d[len(d)/2]), ms(d[len(d)*99/100]), ms(d[len(d)-1]), ms(p2-p1), ms(s2-s1),
 			ms(p1-p0)/idleSec, ms(s1-s0)/idleSec)
 	}
-	return nil
+	// What the scheduler recorded, per tick: runs, and ticks marked
+	// missed or skipped.
+	time.Sleep(time.Second)
+	rows, err := pool.Query(ctx, `SELECT tick, status, kind, count(*), sum(ticks)::int8 FROM pgbaton.periodic_runs
+		WHERE job LIKE 'burst-%' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3`)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nperiodic_runs (tick, status, kind, rows, ticks covered):\n\n")
+	for rows.Next() {
+		var tick time.Time
+		var status, kind string
+		var n, covered int64
+		if err := rows.Scan(&tick, &status, &kind, &n, &covered); err != nil {
+			return err
+		}
+		mu.Lock()
+		seen := len(late[tick.UnixNano()])
+		mu.Unlock()
+		fmt.Printf("- %s %s %s: %d rows, %d ticks (runs seen by the harness for this tick by now: %d)\n",
+			tick.UTC().Format("15:04:05.000"), status, kind, n, covered, seen)
+	}
+	return rows.Err()
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
