@@ -6,7 +6,7 @@ SHELL := /bin/bash
 BIN := $(CURDIR)/bin
 DURATION ?= 30m
 
-.PHONY: demo test lint bench chaos fuzz build
+.PHONY: demo test lint bench bench-peers chaos fuzz build
 
 ## demo: runs several instances contending for a lock, then injects faults,
 ## on a throwaway local PostgreSQL. DATABASE_URL is ignored: DSN=... runs it
@@ -35,6 +35,12 @@ lint:
 ## bench: the benchmarks behind BENCHMARKS.md, several runs, medians.
 bench:
 	./scripts/bench.sh
+
+## bench-peers: BENCHMARKS.md's first table: pgbaton vs raw pgx, tokens,
+## go-redsync (local redis-server) and xact locks, then the cross-process
+## handoff, on a durable cluster (REPS, DUR; bench/ is its own module).
+bench-peers:
+	./scripts/bench-peers.sh
 
 ## chaos: the fault-injection safety suite for DURATION (default 30m).
 chaos:

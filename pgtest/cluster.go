@@ -27,6 +27,12 @@ type Options struct {
 	// {"max_connections": "200"}. They override the defaults; port and
 	// unix_socket_directories are always set by the harness.
 	Settings map[string]string
+	// Durable turns on what the defaults turn off for speed: fsync,
+	// synchronous_commit and full_page_writes (PostgreSQL's own defaults,
+	// i.e. production settings), so a commit that writes WAL waits for the
+	// disk. For benchmarks whose figures must hold in production; Settings
+	// still override it. Main and Run also set it when $PGTEST_DURABLE is 1.
+	Durable bool
 	// Logf, if set, receives harness log lines (e.g. t.Logf).
 	Logf func(format string, args ...any)
 	// DSNEnv, if set, names an environment variable that Run sets to the
@@ -50,6 +56,14 @@ var defaultSettings = map[string]string{
 	"wal_level":           "replica",
 	"restart_after_crash": "on",
 	"hot_standby":         "on",
+}
+
+// durableSettings are the settings Options.Durable writes over the
+// defaults: PostgreSQL's own defaults for durability.
+var durableSettings = map[string]string{
+	"fsync":              "on",
+	"synchronous_commit": "on",
+	"full_page_writes":   "on",
 }
 
 // Timeouts for steps that have no caller context.
@@ -116,6 +130,11 @@ func start(ctx context.Context, opts Options, keep bool) (_ *Cluster, err error)
 	c.settings = map[string]string{}
 	for k, v := range defaultSettings {
 		c.settings[k] = v
+	}
+	if opts.Durable {
+		for k, v := range durableSettings {
+			c.settings[k] = v
+		}
 	}
 	for k, v := range opts.Settings {
 		c.settings[k] = v

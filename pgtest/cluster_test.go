@@ -224,3 +224,45 @@ func alive(pid int) bool {
 	}
 	return true
 }
+
+// TestDurable: Options.Durable turns fsync, synchronous_commit and
+// full_page_writes on (the defaults turn them off), Settings still override
+// it, and PGTEST_DURABLE=1 sets it for Main and Run.
+func TestDurable(t *testing.T) {
+	ctx := testCtx(t, time.Minute)
+	c, err := pgtest.Start(ctx, pgtest.Options{
+		Durable:  true,
+		Settings: map[string]string{"full_page_writes": "off"},
+		Logf:     t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	conn := connect(t, ctx, c.DSN("postgres"))
+	var fsync, syncCommit, fpw string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('fsync'), current_setting('synchronous_commit'), current_setting('full_page_writes')").
+		Scan(&fsync, &syncCommit, &fpw); err != nil {
+		t.Fatal(err)
+	}
+	if fsync != "on" || syncCommit != "on" || fpw != "off" {
+		t.Fatalf("fsync, synchronous_commit, full_page_writes = %s, %s, %s; want on, on, off (Durable, then Settings)", fsync, syncCommit, fpw)
+	}
+	var fast string
+	if err := connect(t, ctx, pgtest.Shared().DSN("postgres")).QueryRow(ctx,
+		"SELECT current_setting('fsync') || current_setting('synchronous_commit') || current_setting('full_page_writes')").Scan(&fast); err != nil {
+		t.Fatal(err)
+	}
+	if fast != "offoffoff" && os.Getenv("PGTEST_DURABLE") != "1" {
+		t.Fatalf("default cluster: fsync, synchronous_commit, full_page_writes = %q, want all off", fast)
+	}
+
+	t.Setenv("PGTEST_DURABLE", "1")
+	if !pgtest.EnvOptions(pgtest.Options{}).Durable {
+		t.Fatal("PGTEST_DURABLE=1 did not set Options.Durable")
+	}
+	t.Setenv("PGTEST_DURABLE", "")
+	if pgtest.EnvOptions(pgtest.Options{}).Durable {
+		t.Fatal("Options.Durable set without PGTEST_DURABLE")
+	}
+}

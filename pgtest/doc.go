@@ -72,9 +72,13 @@
 //
 // # Non-guarantees
 //
-//   - Durability: fsync is off. A cluster survives Stop/StartAgain and
-//     Crash, not a power loss; none of this matters for a throwaway
-//     cluster, but do not point Options at data you care about.
+//   - Durability: fsync, synchronous_commit and full_page_writes are off
+//     unless Options.Durable is set (or PGTEST_DURABLE=1 for Main and
+//     Run). A cluster survives Stop/StartAgain and Crash, not a power loss;
+//     none of this matters for a throwaway cluster, but do not point
+//     Options at data you care about. Benchmarks whose figures must hold
+//     in production set Durable: a commit that writes WAL then waits for
+//     the disk, as it does with PostgreSQL's defaults.
 //   - Ports: a free port is picked at Start; if another process takes it
 //     while the cluster is stopped, StartAgain fails.
 //   - Zombies: after the test process is killed its postmaster is

@@ -7,3 +7,6 @@ var CutPortWith = cutPort
 
 // TestDBName exposes the database naming of NewDatabase.
 var TestDBName = testDBName
+
+// EnvOptions exposes how Run applies the environment to its Options.
+var EnvOptions = envOptions

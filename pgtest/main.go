@@ -12,6 +12,11 @@ import (
 // keepEnv names the variable that makes Run leave its cluster behind.
 const keepEnv = "PGTEST_KEEP"
 
+// durableEnv names the variable that makes Run start a durable cluster
+// (Options.Durable), e.g. to run a package's benchmarks on production
+// settings: PGTEST_DURABLE=1 go test -bench . ./pkg
+const durableEnv = "PGTEST_DURABLE"
+
 // startTimeout bounds Start in Run.
 const startTimeout = 2 * time.Minute
 
@@ -35,9 +40,11 @@ var shared atomic.Pointer[Cluster]
 // If the cluster cannot be started, Run prints why and returns 1: tests
 // that need PostgreSQL fail rather than skip. With PGTEST_KEEP=1 the
 // cluster is neither closed nor watched: it keeps running after the test
-// process exits, and Run prints where it is and how to remove it.
+// process exits, and Run prints where it is and how to remove it. With
+// PGTEST_DURABLE=1 the cluster is started with Options.Durable set.
 func Run(m *testing.M, opts Options) int {
 	keep := os.Getenv(keepEnv) == "1"
+	opts = envOptions(opts)
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	c, err := start(ctx, opts, keep)
 	cancel()
@@ -70,6 +77,14 @@ func Run(m *testing.M, opts Options) int {
 		}
 	}
 	return code
+}
+
+// envOptions applies $PGTEST_DURABLE to opts.
+func envOptions(opts Options) Options {
+	if os.Getenv(durableEnv) == "1" {
+		opts.Durable = true
+	}
+	return opts
 }
 
 // Main is for TestMain: os.Exit(Run(m, opts)).

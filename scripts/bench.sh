@@ -6,6 +6,8 @@
 # Usage: scripts/bench.sh [GROUP...]
 #   GROUP is one of: uncontended handoff processes killed loss (default: all).
 # Environment:
+#   PGTEST_DURABLE=1  run on a durable cluster (fsync, synchronous_commit,
+#          full_page_writes on) instead of pgtest's fast one
 #   COUNT  runs of each group (default 6; BENCHMARKS.md quotes medians of >= 5)
 #   OUT    directory for raw results (default .cache/bench/<UTC time>)
 #
@@ -65,7 +67,7 @@ done
 	pg=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 	[[ -n $pg ]] && echo "postgres: $("$pg/postgres" --version)"
 	echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown) (plus uncommitted changes: $(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l) files)"
-	echo "count: $COUNT; groups: ${GROUPS_ORDER[*]}"
+	echo "count: $COUNT; groups: ${GROUPS_ORDER[*]}; cluster: $([[ ${PGTEST_DURABLE:-} == 1 ]] && echo "durable (PGTEST_DURABLE=1)" || echo "fast (fsync off)")"
 } | tee "$OUT/env.txt"
 
 (cd "$ROOT" && go test -c -o "$OUT/pgbaton.test" .)
