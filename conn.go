@@ -109,7 +109,8 @@ func (c *lockConn) setup(ctx context.Context) error {
 	fastTokens := string(res.Rows[0][3]) == "t"
 	switch {
 	case fastTokens:
-		// (epoch << 44) | counter: see migrations/005_fast_tokens.sql.
+		// (epoch << 44) | counter: see migrations/005_fast_tokens.sql. The
+		// session's epoch is known after setup (fence_settle) and set below.
 		c.fence = schema + ".fence_next()"
 	case string(res.Rows[0][2]) == "t":
 		c.fence = "nextval('" + schema + ".fence_token')"
@@ -138,7 +139,7 @@ func (c *lockConn) setup(ctx context.Context) error {
 		// Before this session draws a token: bump the epoch if the unlogged
 		// counter was reset (a crash, a promotion), durably. And refuse now,
 		// by name, a role that could not draw one at its first grant.
-		grants := fmt.Sprintf("GRANT SELECT ON %[1]s.fence_epoch TO <role>; GRANT SELECT, USAGE ON SEQUENCE %[1]s.fence_counter TO <role>; GRANT EXECUTE ON FUNCTION %[1]s.fence_prepare(), %[1]s.fence_next() TO <role>; pgbaton migrate sql prints every grant", schema)
+		grants := fmt.Sprintf("GRANT SELECT ON %[1]s.fence_epoch TO <role>; GRANT SELECT, USAGE ON SEQUENCE %[1]s.fence_counter TO <role>; GRANT EXECUTE ON FUNCTION %[1]s.fence_prepare(), %[1]s.fence_settle(), %[1]s.fence_next() TO <role>; pgbaton migrate sql prints every grant", schema)
 		res := c.pg.ExecParams(ctx, "SELECT has_table_privilege($1, 'SELECT') AND has_sequence_privilege($2, 'SELECT') AND has_sequence_privilege($2, 'USAGE')",
 			[][]byte{[]byte(schema + ".fence_epoch"), []byte(schema + ".fence_counter")}, nil, nil, nil).Read()
 		if res.Err == nil && (len(res.Rows) != 1 || string(res.Rows[0][0]) != "t") {
@@ -149,8 +150,22 @@ func (c *lockConn) setup(ctx context.Context) error {
 			// before the counter is marked used (see the migration).
 			_, res.Err = c.pg.Exec(ctx, "SELECT "+schema+".fence_prepare()").ReadAll()
 		}
+		var settled *pgconn.Result
 		if res.Err == nil {
-			_, res.Err = c.pg.Exec(ctx, "SELECT nextval('"+schema+".fence_counter')").ReadAll()
+			settled = c.pg.ExecParams(ctx, "SELECT "+schema+".fence_settle()", nil, nil, nil, nil).Read()
+			res.Err = settled.Err
+		}
+		if res.Err == nil {
+			if len(settled.Rows) != 1 || len(settled.Rows[0]) != 1 {
+				return fmt.Errorf("%w: unexpected answer to fence_settle", ErrConnect)
+			}
+			epoch, err := strconv.ParseInt(string(settled.Rows[0][0]), 10, 64)
+			if err != nil || epoch < 0 || epoch >= 1<<19 {
+				return fmt.Errorf("%w: fencing epoch %q out of range", ErrConnect, settled.Rows[0][0])
+			}
+			// No table on the grant path: this session's epoch is fixed
+			// until the server's next crash or promotion, which ends it.
+			c.fence = fmt.Sprintf("(%d::int8 | nextval('%s.fence_counter'))", epoch<<44, schema)
 		}
 		if isCode(res.Err, "42501") {
 			return fmt.Errorf("%w: preparing fencing tokens: %w (%s)", ErrPermission, res.Err, grants)

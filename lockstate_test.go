@@ -17,10 +17,10 @@ import (
 // the key is free of us": session advisory locks outlive statement errors,
 // and PostgreSQL can grant a lock and still fail the statement.
 
-// blockFence makes drawing a fencing token wait: the token reads the epoch
-// row, and an ACCESS EXCLUSIVE lock on its table holds that read until the
-// returned function ends the transaction. A lock statement that draws a
-// token then fails AFTER its grant, at will.
+// blockFence makes drawing a fencing token wait: ALTER SEQUENCE on the
+// counter takes SHARE ROW EXCLUSIVE, which conflicts with nextval's ROW
+// EXCLUSIVE, until the returned function ends the transaction. A lock
+// statement that draws a token then fails AFTER its grant, at will.
 func blockFence(t *testing.T, dsn string) (unblock func()) {
 	t.Helper()
 	c := adminConn(t, dsn)
@@ -28,7 +28,7 @@ func blockFence(t *testing.T, dsn string) (unblock func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(testCtx(t), "LOCK TABLE pgbaton.fence_epoch IN ACCESS EXCLUSIVE MODE"); err != nil {
+	if _, err := tx.Exec(testCtx(t), "ALTER SEQUENCE pgbaton.fence_counter INCREMENT BY 1"); err != nil {
 		t.Fatal(err)
 	}
 	var once sync.Once

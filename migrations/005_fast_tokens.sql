@@ -47,6 +47,25 @@ BEGIN
 END
 $$;
 
+-- Run by every lock session right after fence_prepare() has committed:
+-- marks the counter used (nextval: visible to every session at once, so no
+-- later fence_prepare() bumps again), then reads the epoch under a share lock
+-- of its row, which waits for a bump still in flight (one that found the
+-- counter unmarked just before). The epoch it returns is the last of this
+-- server lifetime: the next bump needs a crash or a promotion, which ends
+-- every session. So a lock session can draw tokens as (that epoch << 44) |
+-- nextval(fence_counter), reading no table on the grant path.
+CREATE OR REPLACE FUNCTION {{schema}}.fence_settle() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e bigint;
+BEGIN
+    PERFORM pg_catalog.nextval('{{schema}}.fence_counter');
+    SELECT epoch INTO e FROM {{schema}}.fence_epoch FOR SHARE;
+    RETURN e;
+END
+$$;
+
 -- Draws one token. A function, not a subquery in the lock statement: the
 -- statement must not name the epoch table, whose lock would then be taken at
 -- executor start, before the statement's own lock_timeout applies; here it

@@ -178,7 +178,7 @@ func grantSQL(q, r, inspector string) string {
 	fmt.Fprintf(&b, "GRANT USAGE ON SCHEMA %s TO %s;                                  -- Locker: see the schema\n", q, r)
 	fmt.Fprintf(&b, "GRANT SELECT ON %s.fence_epoch TO %s;                           -- fencing tokens: the epoch\n", q, r)
 	fmt.Fprintf(&b, "GRANT SELECT, USAGE ON SEQUENCE %s.fence_counter TO %s;         -- fencing tokens: the counter\n", q, r)
-	fmt.Fprintf(&b, "GRANT EXECUTE ON FUNCTION %s.fence_prepare(), %s.fence_next() TO %s; -- fencing tokens (PUBLIC has it by default)\n", q, q, r)
+	fmt.Fprintf(&b, "GRANT EXECUTE ON FUNCTION %s.fence_prepare(), %s.fence_settle(), %s.fence_next() TO %s; -- fencing tokens (PUBLIC has it by default)\n", q, q, q, r)
 	fmt.Fprintf(&b, "GRANT SELECT, INSERT, UPDATE, DELETE ON %s.key_names TO %s;     -- key-name registry (writes, pruning)\n", q, r)
 	fmt.Fprintf(&b, "GRANT SELECT, INSERT, UPDATE ON %s.periodic_jobs TO %s;         -- periodic: jobs and their cursor\n", q, r)
 	fmt.Fprintf(&b, "GRANT SELECT, INSERT, UPDATE, DELETE ON %s.periodic_runs TO %s; -- periodic: history, pruning\n", q, r)
