@@ -372,3 +372,35 @@ func TestPanickedLeaseNotUnreported(t *testing.T) {
 	h := &History{Leases: []Lease{l}, Faults: []Fault{{Kind: "restart", All: true, TakesLocks: true, From: at(10), To: at(20)}}}
 	expect(t, Check(h), nil)
 }
+
+// Three shapes seen in a 35-minute run, each a measurement artifact that a
+// checker must judge right without excusing real overlaps.
+func TestLongRunArtifacts(t *testing.T) {
+	// A panicked section (its lease released out of the holder's sight)
+	// whose backend was terminated as it panicked: the next holder's grant
+	// is excused by the fault, not called a clean-release overlap...
+	pan := lease("a", "p1", "k", 0, 0, 10.9, Released)
+	pan.Panicked, pan.PID = true, 7
+	next := lease("b", "p2", "k", 0, 10.5, 20, Released)
+	term := Fault{Kind: "terminate", PID: 7, TakesLocks: true, From: at(10), To: at(10.2)}
+	expect(t, Check(&History{Leases: []Lease{pan, next}, Faults: []Fault{term}}), nil)
+	// ...but without a fault it still is one.
+	expect(t, Check(&History{Leases: []Lease{pan, next}}), map[string]int{CheckOverlap: 1})
+
+	// A grant read only after the process thawed from a freeze that began
+	// between the call and that reading: it was granted first, and lost.
+	frozen := lost(lease("c", "p3", "k", 9, 6000, 6100, ""), 6100)
+	frozen.Before = at(0)
+	other := lease("d", "p4", "k", 0, 5990, 6090, Released) // no token: ordered by time
+	freeze := Fault{Kind: "freeze", Proc: "p3", Frozen: true, TakesLocks: true, From: at(1), To: at(1.1), Until: at(5950)}
+	expect(t, Check(&History{Leases: []Lease{frozen, other}, Faults: []Fault{freeze}}), nil)
+
+	// A stop signal sent 2.4 ms before a release completed: it had not
+	// taken effect, so no loss went unreported...
+	rel := lease("e", "p5", "k2", 3, 0, 12.4, Released)
+	stop := Fault{Kind: "freeze", Proc: "p5", Frozen: true, TakesLocks: true, From: at(10), To: at(10.01), Until: at(6000)}
+	expect(t, Check(&History{Leases: []Lease{rel}, Faults: []Fault{stop}}), nil)
+	// ...while a lease held well past it was hit.
+	rel.End = at(100)
+	expect(t, Check(&History{Leases: []Lease{rel}, Faults: []Fault{stop}}), map[string]int{CheckUnreported: 1})
+}
