@@ -38,9 +38,9 @@ type variant struct {
 
 var variants = []variant{
 	{"no token", "SELECT pg_try_advisory_lock($1::int8) AS l", false, false},
-	{"fence_next() (pgbaton now)", "SELECT l, CASE WHEN l THEN pgbaton.fence_next() END FROM pg_try_advisory_lock($1::int8) AS l", true, false},
+	{"fence_next() (periodic's draws)", "SELECT l, CASE WHEN l THEN pgbaton.fence_next() END FROM pg_try_advisory_lock($1::int8) AS l", true, false},
 	{"inline epoch subquery + nextval", "SELECT l, CASE WHEN l THEN (SELECT (epoch << 44) | nextval('pgbaton.fence_counter') FROM pgbaton.fence_epoch) END FROM pg_try_advisory_lock($1::int8) AS l", true, false},
-	{"session epoch param + nextval", "SELECT l, CASE WHEN l THEN ($2::int8 << 44) | nextval('pgbaton.fence_counter') END FROM pg_try_advisory_lock($1::int8) AS l", true, true},
+	{"session epoch + nextval (pgbaton's lock sessions now)", "SELECT l, CASE WHEN l THEN ($2::int8 << 44) | nextval('pgbaton.fence_counter') END FROM pg_try_advisory_lock($1::int8) AS l", true, true},
 	{"old logged sequence nextval", "SELECT l, CASE WHEN l THEN nextval('pgbaton.fence_token') END FROM pg_try_advisory_lock($1::int8) AS l", true, false},
 }
 
@@ -153,7 +153,10 @@ func run() error {
 			return err
 		}
 		var epoch int64
-		if err := conn.QueryRow(ctx, "SELECT pgbaton.fence_prepare()").Scan(&epoch); err != nil {
+		if _, err := conn.Exec(ctx, "SELECT pgbaton.fence_prepare()"); err != nil {
+			return err
+		}
+		if err := conn.QueryRow(ctx, "SELECT pgbaton.fence_settle()").Scan(&epoch); err != nil {
 			return err
 		}
 		ws[i] = worker{conn: conn, key: int64(0x70c)<<32 + int64(i), epoch: epoch}
