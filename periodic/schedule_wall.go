@@ -267,8 +267,9 @@ func (s *wallSched) prevMicro(w *wallWalk, v int64) (int64, bool) {
 	return 0, false
 }
 
-// Calendar arithmetic on days since 1970-01-01 (proleptic Gregorian), after
-// Howard Hinnant's chrono-compatible low-level date algorithms.
+// civilFromDays converts days since 1970-01-01 to a proleptic Gregorian
+// date (month and day from 1), after Howard Hinnant's chrono-compatible
+// low-level date algorithms.
 func civilFromDays(z int64) (y, m, d int64) {
 	z += 719468
 	era := floorDiv(z, 146097)
