@@ -437,7 +437,7 @@ func finishJob(job *cronJob) error {
 	}
 	h := sha256.New()
 	for _, part := range append([]string{job.Shell, job.Command, job.Stdin, job.Group}, job.Env...) {
-		fmt.Fprintf(h, "%d:%s;", len(part), part)
+		_, _ = fmt.Fprintf(h, "%d:%s;", len(part), part) // a hash.Hash's Write never returns an error
 	}
 	job.DefHash = hex.EncodeToString(h.Sum(nil)[:8])
 	if !job.Explicit {

@@ -160,7 +160,9 @@ func runExec(ctx context.Context, out *output, args []string) error {
 		ev.error("connect", err)
 		return &exitCodeError{code: exitExecFailed}
 	}
-	defer l.Close()
+	// The lease's outcome is reported before Close runs; Close only ends the
+	// connections, and has nothing to add to the exit status.
+	defer func() { _ = l.Close() }()
 	rc := l.Config() // with the defaults filled in
 	margin := rc.ServerReleaseTimeout() - rc.LeaseTimeout - rc.HeartbeatInterval
 	if f.killAfter == 0 {
