@@ -541,8 +541,10 @@ func (c *lockConn) endXact() {
 		if c.pg.TxStatus() == 'I' {
 			return nil
 		}
-		if _, err := c.pg.Exec(ctx, "ROLLBACK").ReadAll(); err != nil || c.pg.TxStatus() != 'I' {
-			c.failLocked(fmt.Errorf("%w: ending a failed lock transaction: %v", errLockStateUnknown, err))
+		if _, err := c.pg.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
+			c.failLocked(fmt.Errorf("%w: ending a failed lock transaction: %w", errLockStateUnknown, err))
+		} else if st := c.pg.TxStatus(); st != 'I' {
+			c.failLocked(fmt.Errorf("%w: ending a failed lock transaction: transaction status %q after ROLLBACK", errLockStateUnknown, st))
 		}
 		return nil
 	})
