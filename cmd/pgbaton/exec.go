@@ -255,7 +255,10 @@ type childResult struct {
 // signals to the group, and on lease loss sends SIGTERM, then SIGKILL after
 // killAfter. It returns only after the command was reaped.
 func superviseChild(path string, argv, env []string, lease *pgbaton.Lease, sigs <-chan os.Signal, killAfter time.Duration, ev *execEvents) childResult {
-	cmd := exec.Command(path, argv[1:]...)
+	// No context: the lease and the signals end the command, through its
+	// whole group, SIGTERM then SIGKILL after killAfter (below); a context
+	// would SIGKILL the leader alone, at once.
+	cmd := exec.Command(path, argv[1:]...) //nolint:noctx // see above
 	cmd.Args = argv
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
