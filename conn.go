@@ -495,7 +495,7 @@ func (c *lockConn) heartbeatLocked() error {
 	defer cancel()
 	_, err := c.pg.Exec(ctx, "SELECT 1").ReadAll()
 	var pgErr *pgconn.PgError
-	if err != nil && !(errors.As(err, &pgErr) && !c.pg.IsClosed()) {
+	if err != nil && (!errors.As(err, &pgErr) || c.pg.IsClosed()) {
 		// An error the server answered on an open connection (a cancel
 		// from an operator's script: 57014) still proves it alive, and
 		// SELECT 1 holds no lock; anything else ends the connection.

@@ -195,11 +195,12 @@ func grantSQL(q, r, inspector string) string {
 }
 
 func schemaIdent(s string) bool {
-	if s == "" || len(s) > 63 || !(s[0] == '_' || s[0] >= 'a' && s[0] <= 'z') {
+	// [_a-z][_a-z0-9]*: the loop checks every character; the first is also not a digit.
+	if s == "" || len(s) > 63 || s[0] >= '0' && s[0] <= '9' {
 		return false
 	}
 	for _, c := range s {
-		if !(c == '_' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+		if c != '_' && (c < 'a' || c > 'z') && (c < '0' || c > '9') {
 			return false
 		}
 	}
