@@ -30,7 +30,8 @@ build:
 lint:
 	@test -x $(BIN)/golangci-lint || GOBIN=$(BIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@latest
 	$(BIN)/golangci-lint run ./...
-	for m in contrib/*/go.mod; do (cd $$(dirname $$m) && $(BIN)/golangci-lint run ./...) || exit 1; done
+# The nested modules (contrib/*, web/browsertest, bench if present): ./... stops at a go.mod.
+	for d in $(dir $(wildcard */go.mod */*/go.mod)); do (cd $$d && $(BIN)/golangci-lint run ./...) || exit 1; done
 
 ## bench: the benchmarks behind BENCHMARKS.md, several runs, medians.
 bench:

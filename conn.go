@@ -510,7 +510,7 @@ func (c *lockConn) heartbeatLocked() error {
 	defer cancel()
 	_, err := c.pg.Exec(ctx, "SELECT 1").ReadAll()
 	var pgErr *pgconn.PgError
-	if err != nil && !(errors.As(err, &pgErr) && !c.pg.IsClosed()) {
+	if err != nil && (!errors.As(err, &pgErr) || c.pg.IsClosed()) {
 		// An error the server answered on an open connection (a cancel
 		// from an operator's script: 57014) still proves it alive, and
 		// SELECT 1 holds no lock; anything else ends the connection.
@@ -556,8 +556,10 @@ func (c *lockConn) endXact() {
 		if c.pg.TxStatus() == 'I' {
 			return nil
 		}
-		if _, err := c.pg.Exec(ctx, "ROLLBACK").ReadAll(); err != nil || c.pg.TxStatus() != 'I' {
-			c.failLocked(fmt.Errorf("%w: ending a failed lock transaction: %v", errLockStateUnknown, err))
+		if _, err := c.pg.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
+			c.failLocked(fmt.Errorf("%w: ending a failed lock transaction: %w", errLockStateUnknown, err))
+		} else if st := c.pg.TxStatus(); st != 'I' {
+			c.failLocked(fmt.Errorf("%w: ending a failed lock transaction: transaction status %q after ROLLBACK", errLockStateUnknown, st))
 		}
 		return nil
 	})

@@ -121,7 +121,11 @@ func clearPGEnv(t *testing.T) {
 	t.Setenv(EnvDatabaseURL, "")
 	for _, e := range pgEnvKeywords {
 		t.Setenv(e.env, "")
-		os.Unsetenv(e.env) // pgconn tells unset from empty for some (PGSSLCERTMODE)
+		// pgconn tells unset from empty for some (PGSSLCERTMODE); t.Setenv
+		// above restores the value after the test.
+		if err := os.Unsetenv(e.env); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -267,7 +267,11 @@ func (m migrator) pending(ctx context.Context, db interface {
 // (the driver's cancel request turns into 57014 on the server).
 func (m migrator) ctxErr(ctx context.Context, step string, err error) error {
 	if cause := context.Cause(ctx); cause != nil {
-		return fmt.Errorf("pgbaton: migrate %s: %s: %w (%v)", m.schema, step, cause, err)
+		// err is detail only, out of the chain: the context's cause is the
+		// error, and the SQLSTATE its cancel provoked (57014) is not the
+		// server's answer to the migration, for callers that look for one
+		// with errors.As(*pgconn.PgError) or isCode.
+		return fmt.Errorf("pgbaton: migrate %s: %s: %w (%v)", m.schema, step, cause, err) //nolint:errorlint // see above
 	}
 	return fmt.Errorf("pgbaton: migrate %s: %s: %w", m.schema, step, err)
 }

@@ -83,7 +83,7 @@ func TestObserverSeesEveryOutcome(t *testing.T) {
 	if err := cl.TerminateBackend(ctx, int(pid)); err != nil {
 		t.Fatal(err)
 	}
-	mustLose(t, ls, 5*time.Second)
+	_ = mustLose(t, ls, 5*time.Second) // it has already checked the error is ErrLeaseLost
 	evs = log.take()
 	if len(evs) != 2 || evs[1].Kind != EventLoss || LossCause(evs[1].Err) != "terminated" {
 		t.Fatalf("loss events = %+v (cause %q)", evs, LossCause(evs[len(evs)-1].Err))

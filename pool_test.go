@@ -378,7 +378,8 @@ func within(t *testing.T, rec *connRecorder, bound time.Duration, what string, f
 	case <-time.After(bound):
 		defer func() { // closed connections end f; the test fails either way
 			select {
-			case <-done:
+			case err := <-done:
+				t.Logf("%s, after the connections were closed: %v", what, err)
 			case <-time.After(10 * time.Second):
 			}
 		}()

@@ -140,7 +140,10 @@ func (r xactRequest) result(ctx context.Context, granted bool, err error, intact
 		// connection (the transaction is gone with it); with
 		// pgconn.CancelRequestContextWatcherHandler a cancel request ends
 		// the statement with 57014, which aborts the transaction.
-		e := fmt.Errorf("pgbaton: lock %q: waiting ended by the context after %s: %w (%v)", r.key, time.Since(r.start).Round(time.Millisecond), cause, err)
+		// err is detail only, out of the chain: the context's cause is the
+		// error, and the 57014 its cancel produced is not the server's answer.
+		e := fmt.Errorf("pgbaton: lock %q: waiting ended by the context after %s: %w (%v)",
+			r.key, time.Since(r.start).Round(time.Millisecond), cause, err) //nolint:errorlint // see above
 		if intact {
 			return e
 		}

@@ -80,10 +80,9 @@ func classify(s *Snapshot, o Options) {
 		for w := range k.Waiters {
 			wt := &k.Waiters[w]
 			wt.Class = ClassWaiting
-			switch {
-			case wt.WaitingFor == nil:
+			if wt.WaitingFor == nil {
 				wt.Why = "waiting (start unknown)"
-			default:
+			} else {
 				wt.Why = "waiting " + fmtDur(wt.WaitingFor.Duration())
 			}
 			if len(wt.BlockedBy) > 0 {

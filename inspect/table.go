@@ -27,7 +27,8 @@ func (s *Snapshot) WriteTable(w io.Writer) error {
 	if len(s.Keys) > 0 {
 		b.WriteString("\n")
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "KEY\tCLASS\tPID\tROLE\tMODE\tINSTANCE/APPLICATION\tCLIENT\tSTATE\tIN STATE\tSCOPE\tHELD SINCE")
+		// tw writes to a strings.Builder, which never fails.
+		_, _ = fmt.Fprintln(tw, "KEY\tCLASS\tPID\tROLE\tMODE\tINSTANCE/APPLICATION\tCLIENT\tSTATE\tIN STATE\tSCOPE\tHELD SINCE")
 		for i := range s.Keys {
 			k := &s.Keys[i]
 			label := k.Label()
@@ -53,7 +54,7 @@ func (s *Snapshot) WriteTable(w io.Writer) error {
 					age = fmtDur(sess.InStateFor.Duration())
 				}
 				kc := string(cls)
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+				_, _ = fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 					kl, kc, pid, role, mode, dash(who), dash(sess.ClientAddr), dash(state), age, scope, since)
 			}
 			for _, h := range k.Holders {

@@ -503,6 +503,9 @@ func bounded[T any](g *guardedSchedule, what string, f func() T) (T, error) {
 	}
 }
 
+// fail records err as why the schedule is broken (the first one recorded
+// wins) and returns the recorded one. Next and Prev drop that result: they
+// answer the zero time, and broken reports the error to the loop.
 func (g *guardedSchedule) fail(err error) error {
 	g.err.CompareAndSwap(nil, &err)
 	return *g.err.Load()
@@ -523,7 +526,7 @@ func (g *guardedSchedule) Next(t time.Time) time.Time {
 	}
 	n, err := bounded(g, "Next", func() time.Time { return g.inner.Next(t) })
 	if err == nil && !n.IsZero() && !n.After(t) {
-		g.fail(fmt.Errorf("%w: %s: Next(%s) returned %s, which is not after it", ErrScheduleBroken, g.text, fmtTick(t), fmtTick(n)))
+		_ = g.fail(fmt.Errorf("%w: %s: Next(%s) returned %s, which is not after it", ErrScheduleBroken, g.text, fmtTick(t), fmtTick(n)))
 		return time.Time{}
 	}
 	return n
@@ -536,7 +539,7 @@ func (g *guardedSchedule) Prev(t time.Time) time.Time {
 	}
 	p, err := bounded(g, "Prev", func() time.Time { return g.inner.Prev(t) })
 	if err == nil && !p.IsZero() && !p.Before(t) {
-		g.fail(fmt.Errorf("%w: %s: Prev(%s) returned %s, which is not before it", ErrScheduleBroken, g.text, fmtTick(t), fmtTick(p)))
+		_ = g.fail(fmt.Errorf("%w: %s: Prev(%s) returned %s, which is not before it", ErrScheduleBroken, g.text, fmtTick(t), fmtTick(p)))
 		return time.Time{}
 	}
 	return p

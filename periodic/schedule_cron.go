@@ -119,8 +119,8 @@ func parseCronField(text string, def cronFieldDef) (cronField, error) {
 			}
 			step = n
 		}
-		switch {
-		case rangeText == "*":
+		switch rangeText {
+		case "*":
 			if i != 0 {
 				return bad(`"*" must be the first element of its field`)
 			}

@@ -267,21 +267,9 @@ func (s *wallSched) prevMicro(w *wallWalk, v int64) (int64, bool) {
 	return 0, false
 }
 
-// Calendar arithmetic on days since 1970-01-01 (proleptic Gregorian), after
-// Howard Hinnant's chrono-compatible low-level date algorithms.
-
-func daysFromCivil(y, m, d int64) int64 {
-	if m <= 2 {
-		y--
-	}
-	era := floorDiv(y, 400)
-	yoe := y - era*400
-	mp := (m + 9) % 12
-	doy := (153*mp+2)/5 + d - 1
-	doe := yoe*365 + yoe/4 - yoe/100 + doy
-	return era*146097 + doe - 719468
-}
-
+// civilFromDays converts days since 1970-01-01 to a proleptic Gregorian
+// date (month and day from 1), after Howard Hinnant's chrono-compatible
+// low-level date algorithms.
 func civilFromDays(z int64) (y, m, d int64) {
 	z += 719468
 	era := floorDiv(z, 146097)

@@ -114,7 +114,8 @@ func TestWithLockPanicLeavesNothingHeld(t *testing.T) {
 	want := errors.New("boom")
 	func() {
 		defer func() {
-			if got := recover(); got != want {
+			got := recover()
+			if err, _ := got.(error); !errors.Is(err, want) {
 				t.Fatalf("recovered %v, want %v", got, want)
 			}
 		}()

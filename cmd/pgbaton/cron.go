@@ -361,7 +361,8 @@ func runCronDaemon(ctx context.Context, out *output, f cronFlags, tab *cronTab, 
 	d.sched = sched
 	var srv *http.Server
 	if f.healthListen != "" {
-		ln, err := net.Listen("tcp", f.healthListen)
+		var lc net.ListenConfig
+		ln, err := lc.Listen(startCtx, "tcp", f.healthListen)
 		if err != nil {
 			log.Error("cron: cannot start: --health-listen", "addr", f.healthListen, "err", err.Error())
 			_ = sched.Close()

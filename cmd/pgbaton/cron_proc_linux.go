@@ -1,9 +1,6 @@
 package main
 
-import (
-	"syscall"
-	"unsafe"
-)
+import "syscall"
 
 // setPdeathsig asks the kernel to SIGKILL the job if the daemon's forking
 // thread dies (prctl PR_SET_PDEATHSIG).
@@ -17,7 +14,9 @@ const prSetChildSubreaper = 36
 // (a daemonised helper) are re-parented to pgbaton instead of init, and
 // reaped by it, as when it runs as PID 1.
 func becomeSubreaper() error {
-	_, _, e := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, uintptr(unsafe.Pointer(nil)))
+	// prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0): the arguments after the
+	// flag are unused.
+	_, _, e := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
 	if e != 0 {
 		return e
 	}

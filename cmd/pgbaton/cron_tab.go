@@ -437,7 +437,7 @@ func finishJob(job *cronJob) error {
 	}
 	h := sha256.New()
 	for _, part := range append([]string{job.Shell, job.Command, job.Stdin, job.Group}, job.Env...) {
-		fmt.Fprintf(h, "%d:%s;", len(part), part)
+		_, _ = fmt.Fprintf(h, "%d:%s;", len(part), part) // a hash.Hash's Write never returns an error
 	}
 	job.DefHash = hex.EncodeToString(h.Sum(nil)[:8])
 	if !job.Explicit {
@@ -454,7 +454,7 @@ func cronInnerSchedule(spec, tz string) (periodic.Schedule, error) {
 		dur, err := time.ParseDuration(d)
 		switch {
 		case err != nil:
-			return nil, fmt.Errorf("@every %s: %v (want e.g. 2s, 90s, 15m)", d, err)
+			return nil, fmt.Errorf("@every %s: %w (want e.g. 2s, 90s, 15m)", d, err)
 		case dur < time.Second || dur%time.Second != 0:
 			return nil, fmt.Errorf("@every %s: use a whole number of seconds, at least 1s", d)
 		}
@@ -466,7 +466,7 @@ func cronInnerSchedule(spec, tz string) (periodic.Schedule, error) {
 	}
 	s, err := periodic.Cron(expr)
 	if err != nil {
-		return nil, fmt.Errorf("schedule %q: %v", spec, err)
+		return nil, fmt.Errorf("schedule %q: %w", spec, err)
 	}
 	return s, nil
 }

@@ -160,7 +160,9 @@ func runExec(ctx context.Context, out *output, args []string) error {
 		ev.error("connect", err)
 		return &exitCodeError{code: exitExecFailed}
 	}
-	defer l.Close()
+	// The lease's outcome is reported before Close runs; Close only ends the
+	// connections, and has nothing to add to the exit status.
+	defer func() { _ = l.Close() }()
 	rc := l.Config() // with the defaults filled in
 	margin := rc.ServerReleaseTimeout() - rc.LeaseTimeout - rc.HeartbeatInterval
 	if f.killAfter == 0 {
@@ -253,7 +255,10 @@ type childResult struct {
 // signals to the group, and on lease loss sends SIGTERM, then SIGKILL after
 // killAfter. It returns only after the command was reaped.
 func superviseChild(path string, argv, env []string, lease *pgbaton.Lease, sigs <-chan os.Signal, killAfter time.Duration, ev *execEvents) childResult {
-	cmd := exec.Command(path, argv[1:]...)
+	// No context: the lease and the signals end the command, through its
+	// whole group, SIGTERM then SIGKILL after killAfter (below); a context
+	// would SIGKILL the leader alone, at once.
+	cmd := exec.Command(path, argv[1:]...) //nolint:noctx // see above
 	cmd.Args = argv
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr

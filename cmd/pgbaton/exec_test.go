@@ -46,11 +46,18 @@ func runExecProc(t *testing.T, env []string, args ...string) (int, string, strin
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
-	case <-done:
+	case err := <-done:
+		// A non-zero exit is an *exec.ExitError, and the callers check the
+		// status; anything else (the process could not be waited for) is a
+		// failure of the test itself.
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatalf("waiting for pgbaton exec: %v", err)
+		}
 	case <-time.After(60 * time.Second):
 		_ = cmd.Process.Signal(syscall.SIGQUIT)
-		<-done
-		t.Fatalf("pgbaton exec did not end within 60s; stderr:\n%s", e.String())
+		werr := <-done
+		t.Fatalf("pgbaton exec did not end within 60s (after SIGQUIT: %v); stderr:\n%s", werr, e.String())
 	}
 	return cmd.ProcessState.ExitCode(), o.String(), e.String()
 }

@@ -131,7 +131,8 @@ func migrateStatus(ctx context.Context, out *output, conn *pgx.Conn, schema stri
 	}
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "VERSION\tNAME\tSTATUS")
+	// tw writes to a strings.Builder, which never fails: nothing to check until Flush.
+	_, _ = fmt.Fprintln(tw, "VERSION\tNAME\tSTATUS")
 	pending := 0
 	for _, m := range pgbaton.Migrations() {
 		st := "pending"
@@ -140,7 +141,7 @@ func migrateStatus(ctx context.Context, out *output, conn *pgx.Conn, schema stri
 		} else {
 			pending++
 		}
-		fmt.Fprintf(tw, "%03d\t%s\t%s\n", m.Version, m.Name, st)
+		_, _ = fmt.Fprintf(tw, "%03d\t%s\t%s\n", m.Version, m.Name, st)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -194,11 +195,12 @@ func grantSQL(q, r, inspector string) string {
 }
 
 func schemaIdent(s string) bool {
-	if s == "" || len(s) > 63 || !(s[0] == '_' || s[0] >= 'a' && s[0] <= 'z') {
+	// [_a-z][_a-z0-9]*: the loop checks every character; the first is also not a digit.
+	if s == "" || len(s) > 63 || s[0] >= '0' && s[0] <= '9' {
 		return false
 	}
 	for _, c := range s {
-		if !(c == '_' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+		if c != '_' && (c < 'a' || c > 'z') && (c < '0' || c > '9') {
 			return false
 		}
 	}

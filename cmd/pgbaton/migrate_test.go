@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgbaton/pgbaton"
@@ -94,14 +93,6 @@ func newRole(t *testing.T, admin *pgx.Conn) string {
 		_, _ = admin.Exec(ctx, "DROP ROLE "+role)
 	})
 	return role
-}
-
-func sqlState(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return ""
 }
 
 // A role that did not run Migrate. Today: without grants, New fails with a

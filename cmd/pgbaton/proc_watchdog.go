@@ -27,7 +27,9 @@ func groupWatchdog(pgid int, reap bool) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("/bin/sh", "-c", `read -r _ || kill -9 -"$1" 2>/dev/null`, "pgbaton-watchdog", strconv.Itoa(pgid))
+	// No context: the watchdog must outlive this process (that is its
+	// purpose); stop ends it.
+	cmd := exec.Command("/bin/sh", "-c", `read -r _ || kill -9 -"$1" 2>/dev/null`, "pgbaton-watchdog", strconv.Itoa(pgid)) //nolint:noctx // see above
 	cmd.Stdin = r
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = cmd.Start()

@@ -15,15 +15,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// redteamSkip skips a test that demonstrates a broken promise, so the suite
-// stays green until it is fixed. REDTEAM_RUN=1 runs it (and it fails).
-func redteamSkip(t *testing.T, cause string) {
-	t.Helper()
-	if os.Getenv("REDTEAM_RUN") != "1" {
-		t.Skip("REDTEAM: " + cause)
-	}
-}
-
 func advisoryHeld(t *testing.T, admin *pgx.Conn) int {
 	t.Helper()
 	var n int

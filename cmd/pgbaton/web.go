@@ -95,7 +95,8 @@ func runWeb(ctx context.Context, out *output, args []string) error {
 		return usagef("%v", err)
 	}
 
-	ln, err := net.Listen("tcp", *listen)
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s: %w (is another process using the port? pick another with --listen)", *listen, err)
 	}

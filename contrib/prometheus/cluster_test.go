@@ -2,6 +2,7 @@ package prometheus_test
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -133,7 +134,9 @@ func TestClusterCollector(t *testing.T) {
 		t.Fatalf("after the exporter closed, second instance exporter = %v, want 1", v)
 	}
 	cancel()
-	<-waiting
+	if err := <-waiting; !errors.Is(err, context.Canceled) {
+		t.Errorf("the waiting Acquire, cancelled while the key was held, returned %v; want context.Canceled", err)
+	}
 }
 
 func waitUntil(t *testing.T, cond func() bool) {
