@@ -263,7 +263,7 @@ func (r *Result) checkOverlaps(key string, ls []*Lease, faults []Fault) {
 
 func (r *Result) judgeOverlap(key string, x, y *Lease, faults []Fault) {
 	a, b := earlier(x, y) // a is the one that should have let go
-	if !(a.HasToken && b.HasToken) && b.Before.Before(a.Grant) && stalledFor(faults, b.Proc, b.Before, b.Grant) > 0 {
+	if (!a.HasToken || !b.HasToken) && b.Before.Before(a.Grant) && stalledFor(faults, b.Proc, b.Before, b.Grant) > 0 {
 		// b's grant time was read after its process was frozen or stalled
 		// somewhere between the call and that reading: the server may
 		// have granted it before a, which then is the later holder.
