@@ -68,6 +68,12 @@ func (e *JobError) Unwrap() error { return e.Err }
 
 // PanicError is a run's error when its function panicked: the panic is
 // recovered, the run recorded as failed, and the scheduler goes on.
+// ErrRunExited: the job function called runtime.Goexit (t.FailNow does)
+// instead of returning. The run is recorded failed with it and its lock is
+// released, as for a panic ([PanicError]).
+var ErrRunExited = errors.New("periodic: the job function exited its goroutine (runtime.Goexit) before returning")
+
+// PanicError: the job function panicked.
 type PanicError struct {
 	Value any
 	Stack []byte

@@ -42,18 +42,24 @@ func (s *Scheduler) execute(j *jobState, c claim, h held) {
 	done := make(chan error, 1)
 	var st fnState
 	go func() {
-		err := call(ctx, j, h.tx, run)
-		st.mu.Lock()
-		if st.abandoned {
+		// Deferred, so that a function that calls runtime.Goexit (as
+		// t.FailNow does) is still reported, and its run recorded and its
+		// lock released, instead of looking stuck.
+		err := ErrRunExited
+		defer func() {
+			st.mu.Lock()
+			if st.abandoned {
+				st.mu.Unlock()
+				// The scheduler gave up on this run and recorded it; the
+				// transaction is ours to end now that nothing uses it.
+				s.release(held{job: h.job, key: h.key, tx: h.tx, pid: h.pid})
+				return
+			}
+			st.returned = true
 			st.mu.Unlock()
-			// The scheduler gave up on this run and recorded it; the
-			// transaction is ours to end now that nothing uses it.
-			s.release(held{job: h.job, key: h.key, tx: h.tx, pid: h.pid})
-			return
-		}
-		st.returned = true
-		st.mu.Unlock()
-		done <- err
+			done <- err
+		}()
+		err = call(ctx, j, h.tx, run)
 	}()
 
 	var fnErr error

@@ -3,6 +3,7 @@ package periodic_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strings"
 
 	"sync/atomic"
@@ -116,6 +117,42 @@ func TestPanicIsAFailedRun(t *testing.T) {
 				t.Errorf("%s@%s: %s %v, want failed with the panic", job, fmtT(r.Tick), r.Status, r.Error)
 			}
 		}
+	}
+}
+
+// TestGoexitIsAFailedRun: a job function that calls runtime.Goexit (as
+// t.FailNow does) is recorded failed with ErrRunExited and its lock (in
+// transaction mode, its transaction) released; the job keeps running. It used
+// to be taken for a stuck run, and its transaction leaked.
+func TestGoexitIsAFailedRun(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	evs := newEvents()
+	s := e.scheduler(func(c *periodic.Config) { c.OnEvent = evs.hook })
+	for _, j := range []periodic.Job{
+		{Name: "exits", Schedule: periodic.Every(fast), Run: func(context.Context, periodic.Run) error { runtime.Goexit(); return nil }},
+		{Name: "exits-tx", Schedule: periodic.Every(fast), RunTx: func(ctx context.Context, tx pgx.Tx, _ periodic.Run) error {
+			if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+				return err
+			}
+			runtime.Goexit()
+			return nil
+		}},
+	} {
+		if err := s.Add(j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, job := range []string{"exits", "exits-tx"} {
+		for i := 0; i < 3; i++ {
+			ev := evs.wait(t, job, periodic.EventFailed, 10*time.Second)
+			if !errors.Is(ev.Err, periodic.ErrRunExited) {
+				t.Fatalf("%s: failure %v, want ErrRunExited", job, ev.Err)
+			}
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
 
