@@ -243,26 +243,43 @@ func TestIdleConnectionsRetire(t *testing.T) {
 	dsn := pgtest.Shared().NewDatabase(t)
 	ctx := testCtx(t)
 	l := newTestLocker(t, dsn, func(c *Config) { c.MaxConns = 4; c.MaxConnIdleTime = 200 * time.Millisecond })
+	// Three blocking waits at once, behind another Locker's leases, each
+	// on a connection of its own: the burst opens several connections,
+	// whatever the machine's load.
+	other := newTestLocker(t, dsn)
+	var held []*Lease
+	for i := range 3 {
+		h, err := other.TryAcquire(ctx, KeyInt64(int64(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, h)
+	}
 	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i := range 4 { // a burst of concurrent waits opens several connections
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			ls, err := l.Acquire(ctx, KeyInt64(int64(i)), Wait(time.Second))
+	for i := range 3 {
+		wg.Go(func() {
+			ls, err := l.Acquire(ctx, KeyInt64(int64(i)), Wait(20*time.Second))
 			if err != nil {
 				t.Error(err)
 				return
 			}
 			_ = ls.Release()
-		}()
+		})
 	}
-	close(start)
+	admin := adminConn(t, dsn)
+	waitFor(t, 10*time.Second, "three waiters", func() bool {
+		var n int
+		_ = admin.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&n)
+		return n == 3
+	})
+	if n := l.Stats().Conns; n < 3 {
+		t.Fatalf("three concurrent waits use %d connections, want at least 3", n)
+	}
+	for _, h := range held {
+		_ = h.Release()
+	}
 	wg.Wait()
-	if n := l.Stats().Conns; n < 2 {
-		t.Fatalf("the burst opened %d connections; the test needs at least 2", n)
-	}
 	waitFor(t, 10*time.Second, "idle connections to retire", func() bool { return l.Stats().Conns == 1 })
 	if st := l.Stats(); st.Lost != 0 {
 		t.Fatalf("retiring counted as loss: %+v", st)
