@@ -130,11 +130,16 @@ func TestSeed2SharedPoolDeadlocksButLockerDoesNot(t *testing.T) {
 		var holdingLocks atomic.Int32
 		var hung, done atomic.Int32
 		var wg sync.WaitGroup
+		// One deadline for every caller: when it passes, the holders give
+		// their connections back at the same instant their waiters give
+		// up, so a connection freed by the test's own timeout cannot count
+		// as progress.
+		deadline := time.Now().Add(2 * time.Second)
 		for i := range concurrency {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				cctx, cancel := context.WithDeadline(ctx, deadline)
 				defer cancel()
 				lockConn, err := pool.Acquire(cctx)
 				if err != nil {
